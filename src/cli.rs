@@ -1,0 +1,225 @@
+//! Command line: asr's verbs and options, with asr's legacy single-dash
+//! spellings accepted (`reimage -source X -target Y -erase`).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "reimage", version, about = "Block-copy disk images onto disks, like Apple's asr", term_width = 80)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Block-copy an image onto a disk, partition or file
+    Restore(RestoreArgs),
+    /// Restore, resizing the target partition to exactly the image's size
+    Restoreexact(RestoreArgs),
+    /// Check a prepared image's checksums and order, or convert a raw image
+    Imagescan(ImagescanArgs),
+    /// Capture a disk, partition or image file into a prepared image
+    Imagecreate(ImagecreateArgs),
+    /// Print the version
+    Version,
+}
+
+/// How progress and messages are shown.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Print more about what is being done
+    #[arg(long)]
+    pub verbose: bool,
+    /// Print error details (the full cause chain and source locations)
+    #[arg(long)]
+    pub debug: bool,
+    /// Machine-readable progress: one event per line (see README)
+    #[arg(long)]
+    pub puppetstrings: bool,
+    /// With --puppetstrings: JSON lines instead of tab-separated fields
+    #[arg(long, requires = "puppetstrings")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Image file, raw/.gz/.xz/.zst image, or block device to copy from
+    #[arg(long, value_name = "SOURCE")]
+    pub source: String,
+    /// Block device or file to erase and write
+    #[arg(long, value_name = "TARGET")]
+    pub target: PathBuf,
+    /// Erase the target (required: a restore overwrites everything on it)
+    #[arg(long)]
+    pub erase: bool,
+    /// Do not ask for confirmation before erasing
+    #[arg(long)]
+    pub noprompt: bool,
+    /// Skip reading the target back to verify it
+    #[arg(long)]
+    pub noverify: bool,
+    /// Number of copy buffers
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=1024))]
+    pub buffers: u32,
+    /// Size of each copy buffer (k, m, g suffixes)
+    #[arg(long, default_value = "1m", value_parser = parse_buffer_size)]
+    pub buffersize: u64,
+    /// Number of verification buffers (one reader thread each)
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub csumbuffers: u32,
+    /// Size of each verification buffer (k, m, g suffixes)
+    #[arg(long, default_value = "1m", value_parser = parse_buffer_size)]
+    pub csumbuffersize: u64,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagescanArgs {
+    /// Prepared image to check, or raw image (.img, .img.gz/.xz/.zst) to convert
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+    /// Where to write the prepared image made from a raw one
+    /// (default: beside it, named NAME.rimg)
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub create: CreateTuning,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagecreateArgs {
+    /// Disk, partition or image file to capture
+    #[arg(long, value_name = "SOURCE")]
+    pub source: PathBuf,
+    /// Prepared image to write
+    #[arg(long, value_name = "FILE")]
+    pub image: PathBuf,
+    #[command(flatten)]
+    pub create: CreateTuning,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Knobs shared by imagecreate and imagescan's conversion.
+#[derive(Debug, Args)]
+pub struct CreateTuning {
+    /// Largest chunk: a multiple of 4k up to 16m (k, m suffixes)
+    #[arg(long, default_value = "1m", value_parser = parse_buffer_size)]
+    pub chunksize: u64,
+    /// zstd compression level (1 fastest .. 19 smallest)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub level: i32,
+    /// Name recorded in the image (default: the file name)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Replace an existing image file
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// A buffer or chunk size: mkfile-style suffixes, 4 KiB .. 1 GiB.
+fn parse_buffer_size(s: &str) -> Result<u64, String> {
+    let n = crate::util::parse_size(s)?;
+    if !(4096..=1 << 30).contains(&n) {
+        return Err(format!("'{s}' is out of range (4k to 1g)"));
+    }
+    Ok(n)
+}
+
+/// asr options that also have single-dash spellings.
+const LEGACY: &[&str] = &[
+    "source", "target", "erase", "noprompt", "noverify", "buffers", "buffersize", "csumbuffers", "csumbuffersize",
+    "verbose", "debug", "puppetstrings", "imagescan",
+];
+const VERBS: &[&str] = &["restore", "restoreexact", "imagescan", "imagecreate", "help", "version"];
+
+/// Rewrites asr's legacy spellings into the modern ones: `-source` becomes
+/// `--source`, `-imagescan IMAGE` becomes `imagescan IMAGE`, and a verb-less
+/// `-source … -target …` line becomes a `restore`.
+pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut out: Vec<OsString> = args
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| match a.to_str() {
+            Some(s) if i > 0 && s.len() > 1 && !s.starts_with("--") && LEGACY.contains(&&s[1..]) => {
+                OsString::from(format!("-{s}"))
+            }
+            _ => a,
+        })
+        .collect();
+    if out.len() > 1 {
+        let first = out[1].to_string_lossy().into_owned();
+        if first == "--imagescan" {
+            out[1] = "imagescan".into();
+        } else if !VERBS.contains(&first.as_str()) && out.iter().any(|a| a == "--source") {
+            out.insert(1, "restore".into());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(normalize_args(args.iter().map(OsString::from)))
+    }
+
+    #[test]
+    fn legacy_restore_spelling() {
+        let cli = parse(&["reimage", "-source", "a.rimg", "-target", "/dev/sdb", "-erase", "-noprompt"]).unwrap();
+        let Command::Restore(r) = cli.command else { panic!("not a restore") };
+        assert_eq!(r.source, "a.rimg");
+        assert_eq!(r.target, PathBuf::from("/dev/sdb"));
+        assert!(r.erase && r.noprompt && !r.noverify);
+    }
+
+    #[test]
+    fn legacy_imagescan_spelling() {
+        let cli = parse(&["reimage", "-imagescan", "x.rimg"]).unwrap();
+        assert!(matches!(cli.command, Command::Imagescan(ImagescanArgs { ref image, .. }) if image == &PathBuf::from("x.rimg")));
+    }
+
+    #[test]
+    fn legacy_options_after_a_verb() {
+        let cli = parse(&["reimage", "restore", "-source", "a", "-target", "b", "-noverify", "--buffersize", "4m"]).unwrap();
+        let Command::Restore(r) = cli.command else { panic!("not a restore") };
+        assert!(r.noverify && !r.erase);
+        assert_eq!(r.buffersize, 4 << 20);
+    }
+
+    #[test]
+    fn sizes_and_bounds() {
+        assert!(parse(&["reimage", "restore", "--source", "a", "--target", "b", "--buffersize", "12q"]).is_err());
+        assert!(parse(&["reimage", "restore", "--source", "a", "--target", "b", "--buffersize", "1k"]).is_err());
+        assert!(parse(&["reimage", "restore", "--source", "a", "--target", "b", "--buffers", "1"]).is_err());
+        assert!(parse(&["reimage", "imagecreate", "--source", "a", "--image", "b", "--level", "30"]).is_err());
+    }
+
+    #[test]
+    fn values_that_look_like_words_are_left_alone() {
+        let v = normalize_args(["reimage", "restore", "--source", "-x", "--target", "erase"].map(OsString::from));
+        assert_eq!(v[3], "-x");
+        assert_eq!(v[5], "erase");
+    }
+
+    #[test]
+    fn help_fits_80_columns() {
+        use clap::CommandFactory;
+        for sub in ["restore", "imagecreate", "imagescan"] {
+            let mut cmd = Cli::command();
+            cmd.build();
+            let help = cmd.find_subcommand_mut(sub).unwrap().render_help().to_string();
+            for line in help.lines() {
+                assert!(line.chars().count() <= 80, "{sub}: {line}");
+            }
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! reimage: block-copy disk images onto disks, as Apple's asr does, from
+//! local files today and from HTTP and multicast as the project grows.
+//! `main.rs` only parses and dispatches; everything testable lives here.
+
+mod blockdev;
+pub mod cli;
+pub mod fsmap;
+pub mod image;
+pub mod io;
+pub mod parttable;
+pub mod progress;
+pub mod restore;
+pub mod source;
+pub mod target;
+pub mod util;

@@ -1,0 +1,95 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use reimage::cli::{Cli, Command, CreateTuning, OutputArgs, normalize_args};
+use reimage::image::{self, CreateOptions, ScanOptions};
+use reimage::progress::{HumanProgress, MachineProgress, ProgressSink};
+use reimage::restore::{self, RestoreOptions};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(normalize_args(std::env::args_os()));
+    let debug = match &cli.command {
+        Command::Restore(a) | Command::Restoreexact(a) => a.output.debug,
+        Command::Imagescan(a) => a.out.debug,
+        Command::Imagecreate(a) => a.output.debug,
+        Command::Version => false,
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line; --debug adds the cause chain with backtrace.
+            if debug {
+                eprintln!("reimage: {e:?}");
+            } else {
+                eprintln!("reimage: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sink(o: &OutputArgs) -> Box<dyn ProgressSink> {
+    if o.puppetstrings { Box::new(MachineProgress::new(o.json)) } else { Box::new(HumanProgress::new()) }
+}
+
+fn create_options(t: &CreateTuning) -> anyhow::Result<CreateOptions> {
+    Ok(CreateOptions {
+        chunk_size: u32::try_from(t.chunksize).map_err(|_| anyhow::anyhow!("--chunksize is too large"))?,
+        level: t.level,
+        name: t.name.clone(),
+        force: t.force,
+        workers: 0,
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Restore(a) => restore_cmd(a, false),
+        Command::Restoreexact(a) => restore_cmd(a, true),
+        Command::Imagecreate(a) => {
+            let progress = sink(&a.output);
+            let report = image::create(&a.source, &a.image, &create_options(&a.create)?, progress.as_ref())?;
+            progress.note(&report.to_string());
+            Ok(())
+        }
+        Command::Imagescan(a) => {
+            let progress = sink(&a.out);
+            let opts = ScanOptions { output: a.output, create: create_options(&a.create)? };
+            let report = image::scan(&a.image, &opts, progress.as_ref())?;
+            if report.reordered {
+                progress.note(&format!("Rewrote {} in streaming order", report.image.display()));
+            }
+            progress.note(&format!("Image digest: {}", image::format::hex(&report.digest)));
+            Ok(())
+        }
+        Command::Version => {
+            println!("reimage {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}
+
+fn restore_cmd(a: reimage::cli::RestoreArgs, exact: bool) -> anyhow::Result<()> {
+    let progress = sink(&a.output);
+    let opts = RestoreOptions {
+        erase: a.erase,
+        noprompt: a.noprompt,
+        verify: !a.noverify,
+        exact,
+        buffers: a.buffers as usize,
+        buffer_size: a.buffersize as usize,
+        csum_buffers: a.csumbuffers as usize,
+        csum_buffer_size: a.csumbuffersize as usize,
+        workers: 0,
+    };
+    let report = restore::restore(&a.source, &a.target, &opts, progress.as_ref())?;
+    progress.note(&format!(
+        "Restored {} ({} written in {:.1} s{})",
+        a.target.display(),
+        reimage::util::human_size(report.written),
+        report.elapsed.as_secs_f64(),
+        if report.verified { ", verified" } else { "" }
+    ));
+    Ok(())
+}

@@ -1,0 +1,466 @@
+//! The restore pipeline (DESIGN §3):
+//!
+//! ```text
+//! reader ──► workers (decompress, hash, check) ──► writer ──► verifiers
+//!   ▲                                                 │
+//!   └────────────── free slots (fixed pool) ◄─────────┘
+//! ```
+//!
+//! Memory is `buffers` slots of `buffersize` bytes, allocated once. Each
+//! piece's digest is checked before it is written; writes are positional
+//! and go only where the image has data; the first MiB is held back and
+//! written last. Verification re-reads what was written with O_DIRECT
+//! while later pieces are still being written, and finishes after them.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+
+use crate::image::format::{Codec, Digest, Manifest};
+use crate::io::AlignedBuf;
+use crate::progress::{Phase, ProgressSink};
+use crate::source::{self, ChunkSource, Piece, Slot};
+use crate::target::{BOOT_AREA, Target};
+use crate::util::human_size;
+
+/// asr's knobs plus restoreexact. Defaults are what `reimage restore` uses.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub erase: bool,
+    pub noprompt: bool,
+    pub verify: bool,
+    pub exact: bool,
+    /// Slots in the copy pool.
+    pub buffers: usize,
+    /// Bytes per slot (raised to the image's chunk size when smaller).
+    pub buffer_size: usize,
+    /// Verification reader threads, each with one buffer.
+    pub csum_buffers: usize,
+    /// Bytes per verification read.
+    pub csum_buffer_size: usize,
+    /// Decompression/hashing threads; 0 means one per CPU.
+    pub workers: usize,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            erase: false,
+            noprompt: false,
+            verify: true,
+            exact: false,
+            buffers: 8,
+            buffer_size: 1 << 20,
+            csum_buffers: 2,
+            csum_buffer_size: 1 << 20,
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RestoreReport {
+    /// Bytes written to the target (zeroed ranges included).
+    pub written: u64,
+    pub verified: bool,
+    pub elapsed: Duration,
+}
+
+/// A range whose digest verification checks once it is on the device.
+#[derive(Debug, Clone)]
+struct Written {
+    offset: u64,
+    len: u64,
+    digest: Digest,
+}
+
+/// Restores `source` onto `target` with asr's safety rules: nothing is
+/// written before preflight and confirmation pass; any failure after the
+/// first write erases the target to a valid empty state before reporting.
+pub fn restore(source_spec: &str, target_path: &Path, opts: &RestoreOptions, progress: &dyn ProgressSink) -> Result<RestoreReport> {
+    if !opts.erase {
+        bail!("--erase is required: restoring onto {} destroys everything on it", target_path.display());
+    }
+    progress.start(Phase::ValidateSource, 0);
+    let mut src = source::open(source_spec, opts.buffer_size)?;
+    progress.finish(Phase::ValidateSource);
+
+    progress.start(Phase::ValidateTarget, 0);
+    let mut target = Target::open(target_path)?;
+    let info = src.info().clone();
+    if let Some(size) = info.size {
+        target.check_fits(size, info.sector_size, info.content)?;
+    }
+    if let Some(head) = &info.head {
+        check_alignment(&head.manifest, &target)?;
+    }
+    if opts.exact {
+        let size = info.size.context("restoreexact needs a source whose size is known up front")?;
+        target.check_exact(size)?;
+    }
+    progress.finish(Phase::ValidateTarget);
+
+    if !opts.noprompt {
+        target.confirm_erase()?;
+    }
+    progress.note(&format!("Restoring {src} onto {}", target.describe()));
+    let started = Instant::now();
+    let result = write_and_verify(src.as_mut(), &mut target, opts, progress);
+    match result {
+        Ok((written, verified)) => Ok(RestoreReport { written, verified, elapsed: started.elapsed() }),
+        Err(err) => {
+            let shown = target.path.display().to_string();
+            match target.erase_to_empty(info.content) {
+                Ok(()) => Err(err.context(format!("restore onto {shown} failed; it was erased to a valid empty state"))),
+                Err(e2) => Err(err.context(format!("restore onto {shown} failed and erasing it failed too ({e2:#})"))),
+            }
+        }
+    }
+}
+
+/// O_DIRECT writes need every extent to start (and, but for the image's
+/// last byte, end) on a target sector boundary.
+fn check_alignment(m: &Manifest, target: &Target) -> Result<()> {
+    let sector = u64::from(target.sector_size);
+    for (i, e) in m.extents.iter().enumerate() {
+        if e.target_offset % sector != 0 || (e.target_end() % sector != 0 && e.target_end() != m.logical_size) {
+            bail!("extent {i} at byte {} is not aligned to the {sector}-byte sectors of {}", e.target_offset, target.path.display());
+        }
+    }
+    Ok(())
+}
+
+fn write_and_verify(src: &mut dyn ChunkSource, target: &mut Target, opts: &RestoreOptions, progress: &dyn ProgressSink) -> Result<(u64, bool)> {
+    let info = src.info().clone();
+    if opts.exact
+        && let Some(size) = info.size
+    {
+        target.resize_exact(size)?;
+    }
+    target.begin(info.size.unwrap_or(0))?;
+    let target = &*target;
+    let verifier = opts.verify.then(|| Verifier::start(target, opts));
+    let written = copy(src, target, opts, progress, verifier.as_ref())?;
+    target.sync()?;
+    let verified = match verifier {
+        Some(v) => {
+            v.finish(progress)?;
+            true
+        }
+        None => false,
+    };
+    target.finish_disk()?;
+    Ok((written, verified))
+}
+
+/// A piece after its worker: checked, ready to write.
+struct Ready {
+    offset: u64,
+    len: usize,
+    digest: Digest,
+    zero: bool,
+    source_pos: u64,
+    slot: Box<Slot>,
+}
+
+fn copy(src: &mut dyn ChunkSource, target: &Target, opts: &RestoreOptions, progress: &dyn ProgressSink, verifier: Option<&Verifier>) -> Result<u64> {
+    let info = src.info().clone();
+    let manifest = info.head.as_ref().map(|h| &h.manifest);
+    let slot_len = opts.buffer_size.max(manifest.map_or(0, |m| m.chunk_size as usize));
+    let buffers = opts.buffers.max(2);
+    let workers = if opts.workers == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { opts.workers };
+
+    // Progress counts restored bytes when the total is known, else bytes
+    // of (compressed) source consumed.
+    let (total, by_source) = match (manifest, info.size, info.source_len) {
+        (Some(m), _, _) => (m.stored_bytes(), false),
+        (None, Some(size), _) => (size, false),
+        (None, None, len) => (len.unwrap_or(0), true),
+    };
+    progress.start(Phase::Restore, total);
+
+    let (free_tx, free_rx) = bounded::<Box<Slot>>(buffers);
+    for _ in 0..buffers {
+        free_tx.send(Box::new(Slot::new(slot_len))).expect("pool channel has room");
+    }
+    let (work_tx, work_rx) = bounded::<(Piece, u64, Box<Slot>)>(buffers);
+    let (ready_tx, ready_rx) = bounded::<Result<Ready>>(buffers + workers + 1);
+    let abort = AtomicBool::new(false);
+
+    std::thread::scope(|s| {
+        let reader_ready = ready_tx.clone();
+        let abort_ref = &abort;
+        s.spawn(move || {
+            while let Ok(mut slot) = free_rx.recv() {
+                if abort_ref.load(Ordering::Relaxed) {
+                    break;
+                }
+                match src.next_piece(&mut slot) {
+                    Ok(Some(piece)) => {
+                        if work_tx.send((piece, src.position(), slot)).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = reader_ready.send(Err(e));
+                        break;
+                    }
+                }
+            }
+        });
+        for _ in 0..workers {
+            let work_rx = work_rx.clone();
+            let ready_tx = ready_tx.clone();
+            s.spawn(move || {
+                let mut dctx = zstd::bulk::Decompressor::new().ok();
+                for (piece, source_pos, slot) in work_rx {
+                    let r = check_piece(piece, source_pos, slot, manifest, dctx.as_mut());
+                    if ready_tx.send(r).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(work_rx);
+        drop(ready_tx);
+
+        let mut writer = BootHoldingWriter::new(target, verifier);
+        let mut done = 0u64;
+        let result = (|| -> Result<()> {
+            for r in &ready_rx {
+                let ready = r?;
+                if !target.is_file() && ready.offset + ready.len as u64 > target.size {
+                    bail!("the image is larger than {} ({})", target.path.display(), human_size(target.size));
+                }
+                writer.put(&ready)?;
+                done = if by_source { ready.source_pos } else { done + ready.len as u64 };
+                progress.update(Phase::Restore, done, total);
+                // The channel has room for every slot, so this never blocks.
+                let _ = free_tx.send(ready.slot);
+            }
+            writer.finish()
+        })();
+        if result.is_err() {
+            abort.store(true, Ordering::Relaxed);
+        }
+        // Unblock the reader (waiting for a slot) and drain the workers.
+        drop(free_tx);
+        drop(ready_rx);
+        result.map(|()| writer.written)
+    })
+    .inspect(|_| progress.finish(Phase::Restore))
+}
+
+/// Worker step: decompress if needed, hash, compare with the manifest.
+fn check_piece(piece: Piece, source_pos: u64, mut slot: Box<Slot>, manifest: Option<&Manifest>, dctx: Option<&mut zstd::bulk::Decompressor<'static>>) -> Result<Ready> {
+    let (offset, len, expected) = match piece {
+        Piece::Raw { offset, len } => (offset, len, None),
+        Piece::Extent(i) => {
+            let m = manifest.ok_or_else(|| anyhow!("internal: extent piece without a manifest"))?;
+            let e = &m.extents[i];
+            let len = e.length as usize;
+            if e.codec == Codec::Zstd {
+                let dctx = dctx.ok_or_else(|| anyhow!("could not create a zstd decompressor"))?;
+                let Slot { input, data } = &mut *slot;
+                let n = dctx
+                    .decompress_to_buffer(&input[..], &mut data[..len])
+                    .map_err(|err| anyhow!("extent {i} at byte {}: payload does not decompress ({err}); the image is corrupt", e.target_offset))?;
+                if n != len {
+                    bail!("extent {i} at byte {}: payload decompresses to {n} bytes, expected {len}; the image is corrupt", e.target_offset);
+                }
+            }
+            (e.target_offset, len, Some((i, e.digest)))
+        }
+    };
+    let digest = *blake3::hash(&slot.data[..len]).as_bytes();
+    if let Some((i, want)) = expected
+        && want != digest
+    {
+        bail!("extent {i} at byte {offset}: digest mismatch; the image is corrupt");
+    }
+    let zero = crate::io::is_zero(&slot.data[..len]);
+    Ok(Ready { offset, len, digest, zero, source_pos, slot })
+}
+
+/// Writes pieces positionally, holding everything inside the first MiB in
+/// a side buffer until the end, and hands written ranges to the verifier.
+struct BootHoldingWriter<'a> {
+    target: &'a Target,
+    verifier: Option<&'a Verifier>,
+    boot: AlignedBuf,
+    /// Parts of the boot area the image covers.
+    boot_ranges: Vec<Range<u64>>,
+    /// Pieces touching the boot area; verified once it is written.
+    boot_pieces: Vec<Written>,
+    written: u64,
+    since_sync: u64,
+}
+
+/// Bytes written between syncs when writes go through the page cache, so
+/// dirty data never piles up and Ctrl-C or a failure never waits minutes.
+const BUFFERED_SYNC_INTERVAL: u64 = 64 << 20;
+
+impl<'a> BootHoldingWriter<'a> {
+    fn new(target: &'a Target, verifier: Option<&'a Verifier>) -> Self {
+        BootHoldingWriter { target, verifier, boot: AlignedBuf::new(BOOT_AREA as usize), boot_ranges: Vec::new(), boot_pieces: Vec::new(), written: 0, since_sync: 0 }
+    }
+
+    fn put(&mut self, r: &Ready) -> Result<()> {
+        let end = r.offset + r.len as u64;
+        let held = end.min(BOOT_AREA).saturating_sub(r.offset);
+        if held > 0 {
+            let at = r.offset as usize;
+            self.boot[at..at + held as usize].copy_from_slice(&r.slot.data[..held as usize]);
+            self.boot_ranges.push(r.offset..r.offset + held);
+        }
+        let rest = &r.slot.data[held as usize..r.len];
+        if !rest.is_empty() {
+            let at = r.offset + held;
+            if r.zero {
+                self.target.zero_range(at, rest.len() as u64)?;
+            } else {
+                self.target.write_at(rest, at)?;
+            }
+        }
+        self.written += r.len as u64;
+        self.since_sync += r.len as u64;
+        if self.since_sync >= BUFFERED_SYNC_INTERVAL && !self.target.direct_io() {
+            self.target.sync()?;
+            self.since_sync = 0;
+        }
+        let w = Written { offset: r.offset, len: r.len as u64, digest: r.digest };
+        if held > 0 {
+            self.boot_pieces.push(w);
+        } else if let Some(v) = self.verifier {
+            v.queue(w);
+        }
+        Ok(())
+    }
+
+    /// Writes the held-back boot area last, merged into as few writes as
+    /// the image's coverage allows.
+    fn finish(&mut self) -> Result<()> {
+        self.target.sync()?;
+        self.boot_ranges.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<u64>> = Vec::new();
+        for r in self.boot_ranges.drain(..) {
+            match merged.last_mut() {
+                Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        for r in merged {
+            self.target.write_at(&self.boot[r.start as usize..r.end as usize], r.start)?;
+        }
+        if let Some(v) = self.verifier {
+            self.boot_pieces.drain(..).for_each(|w| v.queue(w));
+        }
+        Ok(())
+    }
+}
+
+/// Re-reads written ranges from the device (O_DIRECT, so not from the page
+/// cache) on its own threads while the copy goes on, comparing digests.
+struct Verifier {
+    tx: Option<Sender<Written>>,
+    total: Arc<AtomicU64>,
+    verified: Arc<AtomicU64>,
+    done_rx: Receiver<Result<()>>,
+    threads: usize,
+}
+
+impl Verifier {
+    fn start(target: &Target, opts: &RestoreOptions) -> Verifier {
+        let (tx, rx) = unbounded::<Written>();
+        let (done_tx, done_rx) = unbounded();
+        let verified = Arc::new(AtomicU64::new(0));
+        let threads = opts.csum_buffers.max(1);
+        for _ in 0..threads {
+            let rx = rx.clone();
+            let done_tx = done_tx.clone();
+            let verified = verified.clone();
+            let reader = target.open_verify_reader();
+            let buf_len = opts.csum_buffer_size.max(crate::io::IO_ALIGN);
+            let path = target.path.clone();
+            std::thread::spawn(move || {
+                let r = (|| -> Result<()> {
+                    let (file, _) = reader?;
+                    let mut buf = AlignedBuf::new(buf_len);
+                    for w in rx {
+                        let got = hash_range(&file, &mut buf, w.offset, w.len)
+                            .with_context(|| format!("reading back {} at byte {}", path.display(), w.offset))?;
+                        if got != w.digest {
+                            bail!("verification failed: {} bytes at offset {} of {} differ from the image", w.len, w.offset, path.display());
+                        }
+                        verified.fetch_add(w.len, Ordering::Relaxed);
+                    }
+                    Ok(())
+                })();
+                let _ = done_tx.send(r);
+            });
+        }
+        Verifier { tx: Some(tx), total: Arc::new(AtomicU64::new(0)), verified, done_rx, threads }
+    }
+
+    fn queue(&self, w: Written) {
+        self.total.fetch_add(w.len, Ordering::Relaxed);
+        if let Some(tx) = &self.tx {
+            // Verifier threads only stop early on error, reported by finish.
+            let _ = tx.send(w);
+        }
+    }
+
+    /// Waits for the verifiers, showing the `Verifying` phase.
+    fn finish(mut self, progress: &dyn ProgressSink) -> Result<()> {
+        drop(self.tx.take());
+        let total = self.total.load(Ordering::Relaxed);
+        progress.start(Phase::Verify, total);
+        let mut pending = self.threads;
+        let mut first_err = None;
+        while pending > 0 {
+            match self.done_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(r) => {
+                    pending -= 1;
+                    if let Err(e) = r {
+                        first_err.get_or_insert(e);
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+            progress.update(Phase::Verify, self.verified.load(Ordering::Relaxed), total);
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        progress.finish(Phase::Verify);
+        Ok(())
+    }
+}
+
+/// BLAKE3 of `len` bytes at `offset`, read in `buf`-sized pieces.
+pub(crate) fn hash_range(file: &std::fs::File, buf: &mut AlignedBuf, offset: u64, len: u64) -> std::io::Result<Digest> {
+    use std::os::unix::fs::FileExt;
+    let mut h = blake3::Hasher::new();
+    let mut at = offset;
+    let end = offset + len;
+    while at < end {
+        let want = ((end - at) as usize).min(buf.len());
+        // O_DIRECT needs sector-multiple lengths: read the rounded-up
+        // length and hash only what belongs to the range.
+        let read_len = want.next_multiple_of(512).min(buf.len());
+        let n = file.read_at(&mut buf[..read_len], at)?;
+        if n < want {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "device ended early"));
+        }
+        h.update(&buf[..want]);
+        at += want as u64;
+    }
+    Ok(*h.finalize().as_bytes())
+}

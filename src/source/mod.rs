@@ -1,0 +1,152 @@
+//! Where restore bytes come from. Every source hands back what is known
+//! about the image (`ImageInfo`) and then fills pooled buffers with pieces,
+//! in whatever order it reads them; the pipeline writes positionally, so
+//! order never matters for correctness.
+
+mod prepared;
+mod raw;
+
+use std::fmt::Display;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use crate::image::format::{self, Content, ImageHead};
+use crate::io::{AlignedBuf, DirectReader, open_read_direct};
+
+pub use prepared::PreparedSource;
+pub use raw::{Compression, RawSource};
+
+/// Size of the blocks the sequential readers fetch, in bytes: large enough
+/// that O_DIRECT reads run at device speed.
+pub const READ_BLOCK: usize = 4 << 20;
+
+/// One pooled buffer pair: compressed input and the aligned output that is
+/// written to the target.
+pub struct Slot {
+    pub input: Vec<u8>,
+    pub data: AlignedBuf,
+}
+
+impl Slot {
+    pub fn new(data_len: usize) -> Slot {
+        Slot { input: Vec::new(), data: AlignedBuf::new(data_len) }
+    }
+}
+
+/// What a source put into a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    /// Payload of manifest extent `i`: compressed bytes in `input`, or the
+    /// bytes themselves in `data` for stored extents.
+    Extent(usize),
+    /// `len` bytes of raw image for target offset `offset`, in `data`.
+    Raw { offset: u64, len: usize },
+}
+
+/// What is known about an image before any of it is restored.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    /// Restored size in bytes, when known up front.
+    pub size: Option<u64>,
+    pub sector_size: u32,
+    pub content: Content,
+    /// Header and manifest of a prepared image.
+    pub head: Option<ImageHead>,
+    /// Bytes the source will read in all (for progress when `size` is not
+    /// known, as with a gzip stream).
+    pub source_len: Option<u64>,
+}
+
+pub trait ChunkSource: Display + Send {
+    fn info(&self) -> &ImageInfo;
+    /// Fills `slot` with the next piece, or returns None at the end.
+    fn next_piece(&mut self, slot: &mut Slot) -> Result<Option<Piece>>;
+    /// Bytes of the source consumed so far.
+    fn position(&self) -> u64;
+}
+
+/// Formats recognised by their first bytes, not their names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniffed {
+    Prepared,
+    Compressed(Compression),
+    Raw,
+}
+
+pub fn sniff(head: &[u8]) -> Sniffed {
+    if head.starts_with(&format::MAGIC) {
+        Sniffed::Prepared
+    } else if head.starts_with(&[0x1f, 0x8b]) {
+        Sniffed::Compressed(Compression::Gzip)
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Sniffed::Compressed(Compression::Xz)
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Sniffed::Compressed(Compression::Zstd)
+    } else {
+        Sniffed::Raw
+    }
+}
+
+/// Opens a source named on the command line. `piece_len` is the size of
+/// the pieces raw sources cut their stream into (`--buffersize`).
+pub fn open(spec: &str, piece_len: usize) -> Result<Box<dyn ChunkSource>> {
+    if let Some((scheme, _)) = spec.split_once("://") {
+        bail!("{scheme}:// sources are not supported by this version of reimage (local files and devices only)");
+    }
+    let path = Path::new(spec);
+    let meta = std::fs::metadata(path).with_context(|| format!("opening source {spec}"))?;
+    if meta.file_type().is_block_device() {
+        return Ok(Box::new(RawSource::block_device(path, piece_len)?));
+    }
+    if !meta.is_file() {
+        bail!("source {spec} is neither a file nor a block device");
+    }
+    let mut head = [0u8; 8];
+    let n = File::open(path)?.read(&mut head)?;
+    let (file, direct) = open_read_direct(path).with_context(|| format!("opening source {spec}"))?;
+    let reader = DirectReader::new(file, direct, READ_BLOCK);
+    Ok(match sniff(&head[..n]) {
+        Sniffed::Prepared => Box::new(PreparedSource::new(path, reader)?),
+        Sniffed::Compressed(c) => Box::new(RawSource::compressed(path, reader, c, meta.len(), piece_len)?),
+        Sniffed::Raw => Box::new(RawSource::file(path, reader, meta.len(), piece_len)),
+    })
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_by_content() {
+        assert_eq!(sniff(&format::MAGIC), Sniffed::Prepared);
+        assert_eq!(sniff(&[0x1f, 0x8b, 8]), Sniffed::Compressed(Compression::Gzip));
+        assert_eq!(sniff(b"\xfd7zXZ\0"), Sniffed::Compressed(Compression::Xz));
+        assert_eq!(sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Sniffed::Compressed(Compression::Zstd));
+        assert_eq!(sniff(b"\0\0\0\0"), Sniffed::Raw);
+        assert_eq!(sniff(b""), Sniffed::Raw);
+    }
+
+    #[test]
+    fn network_schemes_get_a_clear_error() {
+        let err = open("http://example.invalid/x.rimg", 1 << 20).err().unwrap().to_string();
+        assert!(err.contains("http:// sources are not supported"), "{err}");
+    }
+}
