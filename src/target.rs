@@ -258,10 +258,14 @@ impl Target {
     }
 
     /// Makes `offset..offset+len` read as zeros. Files were emptied by
-    /// `begin`, so only devices need work: BLKZEROOUT lets the device (or
-    /// the loop driver's fallocate) zero without moving the bytes.
+    /// `begin` and only need to reach that length; on devices BLKZEROOUT
+    /// lets the device (or the loop driver's fallocate) zero without
+    /// moving the bytes.
     pub fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
         if self.is_file() {
+            if self.file.metadata()?.len() < offset + len {
+                self.file.set_len(offset + len)?;
+            }
             return Ok(());
         }
         let sector = u64::from(self.sector_size);
@@ -314,6 +318,8 @@ impl Target {
     pub fn erase_to_empty(&mut self, content: Content) -> Result<()> {
         match self.kind {
             TargetKind::File => {
+                // A stream of unknown size may have grown the file.
+                self.size = self.size.max(self.file.metadata()?.len());
                 self.file.set_len(0)?;
                 self.file.set_len(self.size)?;
                 if content == Content::Disk {

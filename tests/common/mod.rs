@@ -1,0 +1,231 @@
+//! Helpers for black-box tests of the reimage binary on real files and
+//! loop devices. Needs root (losetup, mount) and e2fsprogs, gdisk,
+//! util-linux; `scripts/test` installs them.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use reimage::image::format::{ImageHead, read_head};
+
+pub const MIB: u64 = 1 << 20;
+
+/// A scratch directory on disk (not tmpfs: loop devices over tmpfs files
+/// behave differently), removed on drop.
+pub fn scratch() -> tempfile::TempDir {
+    std::fs::create_dir_all("/var/tmp/reimage-tests").unwrap();
+    tempfile::Builder::new().prefix("t").tempdir_in("/var/tmp/reimage-tests").unwrap()
+}
+
+pub fn run(cmd: &str, args: &[&str]) -> Output {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    out
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = run(cmd, args);
+    assert!(out.status.success(), "{cmd} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs reimage without a controlling terminal (setsid), as CI would.
+pub fn reimage(args: &[&str]) -> Output {
+    let out = Command::new("setsid")
+        .arg("-w")
+        .arg(env!("CARGO_BIN_EXE_reimage"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running reimage");
+    out
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts exit status 1 with exactly one line on stderr containing `needle`.
+pub fn assert_fails_with(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "expected exit 1, got {:?}; stderr: {err}", o.status);
+    assert_eq!(err.trim_end().lines().count(), 1, "error is not one line: {err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+}
+
+/// A loop device over a file, detached on drop.
+pub struct Loop {
+    pub dev: String,
+}
+
+impl Loop {
+    pub fn new(file: &Path) -> Loop {
+        Self::with(file, &["--direct-io=on"])
+    }
+
+    pub fn with(file: &Path, extra: &[&str]) -> Loop {
+        let mut args = vec!["--find", "--show"];
+        args.extend_from_slice(extra);
+        let f = file.to_str().unwrap();
+        args.push(f);
+        let dev = sh("losetup", &args).trim().to_owned();
+        Loop { dev }
+    }
+
+    pub fn path(&self) -> &Path {
+        Path::new(&self.dev)
+    }
+
+    /// Makes the kernel create partition devices from the table on the
+    /// device (this host kernel has no partition parsers, so BLKRRPART
+    /// finds nothing; partx adds them with BLKPG).
+    pub fn add_partitions(&self) {
+        sh("partx", &["--add", &self.dev]);
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("partx").args(["--delete", &self.dev]).output();
+        let _ = Command::new("losetup").args(["-d", &self.dev]).output();
+    }
+}
+
+/// A directory of real files (docs and binaries from the host) to put into
+/// test filesystems, about `mib` MiB, built once per scratch dir.
+pub fn sample_files(dir: &Path, mib: u64) -> PathBuf {
+    let root = dir.join("files");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut total = 0u64;
+    let mut n = 0;
+    for src in ["/usr/share/doc", "/usr/bin", "/usr/lib/x86_64-linux-gnu"] {
+        for entry in walk(Path::new(src)) {
+            if total >= mib * MIB {
+                return root;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&entry) else { continue };
+            if !meta.is_file() || meta.len() > 4 * MIB {
+                continue;
+            }
+            let dest = root.join(format!("{n:05}-{}", entry.file_name().unwrap().to_string_lossy()));
+            if std::fs::copy(&entry, &dest).is_ok() {
+                total += meta.len();
+                n += 1;
+            }
+        }
+    }
+    root
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// An ext4 filesystem image of `mib` MiB holding `files`.
+pub fn make_ext4(path: &Path, mib: u64, files: &Path) {
+    sh("truncate", &["-s", &format!("{mib}M"), path.to_str().unwrap()]);
+    sh("mkfs.ext4", &["-q", "-F", "-E", "root_owner=0:0", "-d", files.to_str().unwrap(), path.to_str().unwrap()]);
+}
+
+/// A GPT disk image: partition 1 a 16 MiB FAT ESP with a file, partition 2
+/// an ext4 filesystem with `files`, free space after it. Returns the ext4
+/// partition's byte offset and length.
+pub fn make_gpt_disk(dir: &Path, path: &Path, disk_mib: u64, ext4_mib: u64, files: &Path) -> (u64, u64) {
+    let p = path.to_str().unwrap();
+    sh("truncate", &["-s", &format!("{disk_mib}M"), p]);
+    sh("sgdisk", &["-n1:2048:+16M", "-t1:ef00", "-c1:ESP", &format!("-n2:0:+{ext4_mib}M"), "-t2:8300", "-c2:root", p]);
+    let esp = dir.join("esp.part");
+    let e = esp.to_str().unwrap();
+    sh("mkfs.vfat", &["-F", "16", "-C", e, "16384"]);
+    let out = Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-i", e, "/etc/os-release", "::os-release"]).output().unwrap();
+    assert!(out.status.success(), "mcopy: {}", String::from_utf8_lossy(&out.stderr));
+    let root = dir.join("root.part");
+    make_ext4(&root, ext4_mib, files);
+    sh("dd", &[&format!("if={e}"), &format!("of={p}"), "bs=1M", "seek=1", "conv=notrunc", "status=none"]);
+    let start = (2048 + 16 * 2048) * 512;
+    sh("dd", &[&format!("if={}", root.display()), &format!("of={p}"), "bs=1M", &format!("seek={}", start / MIB), "conv=notrunc", "status=none"]);
+    (start, ext4_mib * MIB)
+}
+
+pub fn head_of(image: &Path) -> ImageHead {
+    read_head(&mut std::fs::File::open(image).unwrap()).unwrap()
+}
+
+/// Reads `len` bytes at `offset` of a file or device.
+pub fn read_at(path: &Path, offset: u64, len: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, offset).unwrap();
+    buf
+}
+
+/// Asserts that every extent the image stores reads back identically from
+/// `source` and `target`.
+pub fn assert_extents_match(image: &Path, source: &Path, target: &Path) {
+    let head = head_of(image);
+    for e in &head.manifest.extents {
+        let a = read_at(source, e.target_offset, u64::from(e.length));
+        let b = read_at(target, e.target_offset, u64::from(e.length));
+        assert!(a == b, "extent at {} differs", e.target_offset);
+    }
+}
+
+/// BLAKE3 of a whole file or device.
+pub fn digest(path: &Path) -> blake3::Hash {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize()
+}
+
+/// e2fsck -fn on `len` bytes at `offset` of `dev` (a loop over the range).
+pub fn assert_fsck_clean(dev: &Path, offset: u64, len: u64) {
+    let l = Loop::with(dev, &["-r", "-o", &offset.to_string(), "--sizelimit", &len.to_string()]);
+    let out = run("e2fsck", &["-fn", &l.dev]);
+    assert!(out.status.success(), "e2fsck found problems: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// A disk erased to a valid empty state: a GPT that verifies and has no
+/// partitions, and nothing else recognisable.
+pub fn assert_empty_gpt(dev: &Path) {
+    let d = dev.to_str().unwrap();
+    let v = sh("sgdisk", &["-v", d]);
+    assert!(v.contains("No problems found"), "sgdisk -v: {v}");
+    let p = sh("sgdisk", &["-p", d]);
+    let rows = p.lines().skip_while(|l| !l.starts_with("Number")).skip(1).filter(|l| !l.trim().is_empty()).count();
+    assert_eq!(rows, 0, "partitions left: {p}");
+}
+
+/// A partition erased to a valid empty state: no signature blkid knows.
+pub fn assert_no_signatures(dev: &Path) {
+    let out = run("blkid", &["-p", dev.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "blkid still finds: {}", String::from_utf8_lossy(&out.stdout));
+}

@@ -1,0 +1,153 @@
+//! imagecreate and imagescan, black-box.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use common::*;
+use reimage::image::format::{self, Manifest};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn create(src: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["imagecreate", "--source", s(src), "--image", s(out)];
+    args.extend_from_slice(extra);
+    reimage(&args)
+}
+
+#[test]
+fn imagecreate_stores_only_used_blocks_of_a_gpt_disk() {
+    let dir = scratch();
+    let files = sample_files(dir.path(), 10);
+    let disk = dir.path().join("d.img");
+    make_gpt_disk(dir.path(), &disk, 256, 200, &files);
+    // Old data in the ext4 free space must not be stored: fill it first.
+    let rimg = dir.path().join("d.rimg");
+    let o = create(&disk, &rimg, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("partition 2"), "{out}");
+    assert!(out.contains("ext2/3/4 filesystem"), "{out}");
+    assert!(out.contains("FAT filesystem"), "{out}");
+    let m = head_of(&rimg).manifest;
+    assert_eq!(m.content, format::Content::Disk);
+    assert_eq!(m.table, format::TableKind::Gpt);
+    assert_eq!(m.logical_size, 256 * MIB);
+    // ~10 MiB of files plus metadata; far less than the 216 MiB of partitions.
+    assert!(m.stored_bytes() < 40 * MIB, "stored {} bytes", m.stored_bytes());
+    assert!(m.stored_bytes() > 10 * MIB, "stored {} bytes", m.stored_bytes());
+    assert!(m.is_streaming_order());
+    // The backup GPT at the disk's end is stored.
+    assert!(m.extents.last().unwrap().target_end() == m.logical_size);
+    let again = create(&disk, &rimg, &[]);
+    assert_fails_with(&again, "already exists");
+    let forced = create(&disk, &rimg, &["--force", "--chunksize", "256k", "--level", "1"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    assert!(head_of(&rimg).manifest.extents.iter().all(|e| e.length <= 256 << 10));
+}
+
+#[test]
+fn imagecreate_skips_zero_blocks_of_unknown_content() {
+    let dir = scratch();
+    let raw = dir.path().join("r.img");
+    sh("truncate", &["-s", "32M", s(&raw)]);
+    let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+    f.write_all_at(&[7u8; 5000], 3 * MIB + 100).unwrap();
+    f.write_all_at(&[9u8; 10], 30 * MIB).unwrap();
+    let rimg = dir.path().join("r.rimg");
+    let o = create(&raw, &rimg, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = head_of(&rimg).manifest;
+    assert_eq!(m.content, format::Content::Raw);
+    assert_eq!(m.extents.len(), 2, "{:?}", m.extents);
+    assert_eq!(m.extents[0].target_offset, 3 * MIB);
+    assert_eq!(m.extents[0].length, 8192);
+    assert_eq!(m.extents[1].target_offset, 30 * MIB);
+    let out = dir.path().join("o.img");
+    let o = reimage(&["restore", "--source", s(&rimg), "--target", s(&out), "--erase", "--noprompt"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(digest(&out), digest(&raw));
+}
+
+#[test]
+fn imagescan_verifies_and_reorders_into_streaming_order() {
+    let dir = scratch();
+    let part = dir.path().join("p.img");
+    make_ext4(&part, 32, &sample_files(dir.path(), 6));
+    let rimg = dir.path().join("p.rimg");
+    assert!(create(&part, &rimg, &[]).status.success());
+    let o = reimage(&["imagescan", s(&rimg)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let digest_line = stdout(&o);
+    assert!(digest_line.contains(&format::hex(&head_of(&rimg).digest())), "{digest_line}");
+
+    // Rewrite the payloads in reverse order (a valid but non-streaming image).
+    let head = head_of(&rimg);
+    let data = std::fs::read(&rimg).unwrap();
+    let mut m: Manifest = head.manifest.clone();
+    let mut payloads = Vec::new();
+    let mut next = 0u64;
+    for e in m.extents.iter_mut().rev() {
+        let at = (head.manifest.payload_area + e.payload_offset) as usize;
+        payloads.extend_from_slice(&data[at..at + e.payload_len as usize]);
+        e.payload_offset = next;
+        next += u64::from(e.payload_len);
+    }
+    m.payload_area = format::head_len(m.name.len(), m.extents.len());
+    let mut out = format::encode_head(&m);
+    out.extend_from_slice(&payloads);
+    let shuffled = dir.path().join("shuffled.rimg");
+    std::fs::write(&shuffled, &out).unwrap();
+    assert!(!head_of(&shuffled).manifest.is_streaming_order());
+    // Restoring works in any order...
+    let t = dir.path().join("t.img");
+    let o = reimage(&["restore", "--source", s(&shuffled), "--target", s(&t), "--erase", "--noprompt"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_extents_match(&rimg, &part, &t);
+    // ...and imagescan puts it back into streaming order.
+    let o = reimage(&["imagescan", s(&shuffled)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("streaming order"), "{}", stdout(&o));
+    let fixed = head_of(&shuffled);
+    assert!(fixed.manifest.is_streaming_order());
+    assert_eq!(fixed.manifest.extents.len(), head.manifest.extents.len());
+
+    // A flipped payload byte is found.
+    let e = &fixed.manifest.extents[fixed.manifest.extents.len() / 2];
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&shuffled).unwrap();
+    let at = fixed.manifest.payload_area + e.payload_offset + 3;
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[!b[0]], at).unwrap();
+    let o = reimage(&["imagescan", s(&shuffled)]);
+    assert_fails_with(&o, "corrupt");
+}
+
+#[test]
+fn imagescan_converts_raw_and_compressed_images() {
+    let dir = scratch();
+    let part = dir.path().join("p.img");
+    make_ext4(&part, 32, &sample_files(dir.path(), 6));
+    let gz = dir.path().join("q.img.gz");
+    sh("sh", &["-c", &format!("gzip -1 -c {} > {}", s(&part), s(&gz))]);
+    let o = reimage(&["imagescan", s(&gz)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let made = dir.path().join("q.rimg");
+    let m = head_of(&made).manifest;
+    assert_eq!(m.fs, format::FsKind::Ext, "conversion should see the filesystem");
+    let out_path = dir.path().join("explicit.rimg");
+    let o = reimage(&["imagescan", s(&part), "--output", s(&out_path)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for img in [&made, &out_path] {
+        let t = dir.path().join("t.img");
+        let _ = std::fs::remove_file(&t);
+        let o = reimage(&["restore", "--source", s(img), "--target", s(&t), "--erase", "--noprompt"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_extents_match(img, &part, &t);
+        assert!(run("e2fsck", &["-fn", s(&t)]).status.success());
+    }
+    assert!(!dir.path().read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".partial")));
+}

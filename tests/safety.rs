@@ -1,0 +1,222 @@
+//! Refusals and failures: preflight refusals leave the target untouched;
+//! failures after the first write leave it erased to a valid empty state.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use common::*;
+
+struct Fixtures {
+    disk_rimg: PathBuf,
+    part_rimg: PathBuf,
+}
+
+fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = scratch().keep();
+        let files = sample_files(&dir, 12);
+        let disk = dir.join("disk.img");
+        make_gpt_disk(&dir, &disk, 64, 40, &files);
+        let disk_rimg = dir.join("disk.rimg");
+        let o = reimage(&["imagecreate", "--source", s(&disk), "--image", s(&disk_rimg)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let part = dir.join("part.img");
+        make_ext4(&part, 32, &files);
+        let part_rimg = dir.join("part.rimg");
+        let o = reimage(&["imagecreate", "--source", s(&part), "--image", s(&part_rimg)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        Fixtures { disk_rimg, part_rimg }
+    })
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A loop device over a file of random bytes, so "unchanged" means
+/// something.
+fn random_loop(dir: &Path, mib: u64) -> (PathBuf, Loop) {
+    let f = dir.join("target.img");
+    sh("sh", &["-c", &format!("head -c {mib}M /dev/urandom > {}", s(&f))]);
+    let l = Loop::new(&f);
+    (f, l)
+}
+
+fn restore(source: &Path, target: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["restore", "--source", s(source), "--target", target];
+    args.extend_from_slice(extra);
+    reimage(&args)
+}
+
+#[test]
+fn missing_erase_is_refused_and_target_unchanged() {
+    let f = fixtures();
+    let dir = scratch();
+    let (file, l) = random_loop(dir.path(), 64);
+    let before = digest(&file);
+    let o = restore(&f.disk_rimg, &l.dev, &["--noprompt"]);
+    assert_fails_with(&o, "--erase is required");
+    assert_eq!(digest(&file), before);
+}
+
+#[test]
+fn no_terminal_and_no_noprompt_is_refused() {
+    let f = fixtures();
+    let dir = scratch();
+    let (file, l) = random_loop(dir.path(), 64);
+    let before = digest(&file);
+    let o = restore(&f.disk_rimg, &l.dev, &["--erase"]);
+    assert_fails_with(&o, "no terminal to confirm");
+    assert_eq!(digest(&file), before);
+}
+
+#[test]
+fn too_small_target_is_refused_and_unchanged() {
+    let f = fixtures();
+    let dir = scratch();
+    let (file, l) = random_loop(dir.path(), 32);
+    let before = digest(&file);
+    let o = restore(&f.disk_rimg, &l.dev, &["--erase", "--noprompt"]);
+    assert_fails_with(&o, "There is not enough space on");
+    assert_eq!(digest(&file), before);
+}
+
+#[test]
+fn mounted_target_is_refused_and_unchanged() {
+    let f = fixtures();
+    let dir = scratch();
+    let img = dir.path().join("fs.img");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    make_ext4(&img, 40, &empty);
+    let l = Loop::new(&img);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    sh("mount", &["-o", "ro", &l.dev, s(&mnt)]);
+    let before = digest(l.path());
+    let o = restore(&f.part_rimg, &l.dev, &["--erase", "--noprompt"]);
+    let after = digest(l.path());
+    sh("umount", &[s(&mnt)]);
+    assert_fails_with(&o, "is mounted at");
+    assert_eq!(after, before);
+}
+
+#[test]
+fn target_held_open_exclusively_is_refused_and_unchanged() {
+    let f = fixtures();
+    let dir = scratch();
+    let (file, l) = random_loop(dir.path(), 64);
+    let before = digest(&file);
+    // Another program holding the device with O_EXCL, as mkfs or a RAID
+    // assembly would.
+    let mut holder = std::process::Command::new("python3")
+        .args(["-c", "import os,sys,time; fd=os.open(sys.argv[1], os.O_RDONLY|os.O_EXCL); print('held', flush=True); time.sleep(60)", &l.dev])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "held");
+    let o = restore(&f.disk_rimg, &l.dev, &["--erase", "--noprompt"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_fails_with(&o, "is in use");
+    assert_eq!(digest(&file), before);
+}
+
+/// Copies an image and damages it with `damage`.
+fn damaged(f: &Path, dir: &Path, damage: impl FnOnce(&std::fs::File, &reimage::image::format::ImageHead)) -> PathBuf {
+    let out = dir.join("bad.rimg");
+    std::fs::copy(f, &out).unwrap();
+    let head = head_of(&out);
+    let file = std::fs::OpenOptions::new().write(true).open(&out).unwrap();
+    damage(&file, &head);
+    out
+}
+
+#[test]
+fn corrupted_chunk_fails_and_leaves_the_disk_an_empty_gpt() {
+    let f = fixtures();
+    let dir = scratch();
+    let bad = damaged(&f.disk_rimg, dir.path(), |file, head| {
+        // Flip a byte in the payload of the last extent: its digest fails
+        // after many other extents were already written.
+        let e = head.manifest.extents.last().unwrap();
+        let at = head.manifest.payload_area + e.payload_offset + u64::from(e.payload_len) / 2;
+        let mut b = [0u8; 1];
+        file.read_exact_at(&mut b, at).unwrap();
+        file.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+    });
+    let (_file, l) = random_loop(dir.path(), 64);
+    let o = restore(&bad, &l.dev, &["--erase", "--noprompt"]);
+    assert_fails_with(&o, "erased to a valid empty state");
+    assert!(stderr(&o).contains("corrupt"), "{}", stderr(&o));
+    assert_empty_gpt(l.path());
+}
+
+#[test]
+fn truncated_image_fails_and_leaves_a_partition_without_signatures() {
+    let f = fixtures();
+    let dir = scratch();
+    let bad = damaged(&f.part_rimg, dir.path(), |file, head| {
+        let len = head.manifest.payload_area + head.manifest.payload_bytes() * 2 / 3;
+        file.set_len(len).unwrap();
+    });
+    let (_file, l) = random_loop(dir.path(), 32);
+    let o = restore(&bad, &l.dev, &["--erase", "--noprompt"]);
+    assert_fails_with(&o, "truncated");
+    assert_no_signatures(l.path());
+}
+
+#[test]
+fn failing_target_midway_is_erased_to_an_empty_gpt() {
+    let f = fixtures();
+    let dir = scratch();
+    // A loop device over a sparse 64 MiB file on a 24 MiB tmpfs: writes
+    // fail with ENOSPC partway through the restore. The first and last MiB
+    // are allocated up front so the erase afterwards can still land.
+    let mnt = dir.path().join("tmpfs");
+    std::fs::create_dir(&mnt).unwrap();
+    sh("mount", &["-t", "tmpfs", "-o", "size=24m", "tmpfs", s(&mnt)]);
+    let backing = mnt.join("t.img");
+    sh("truncate", &["-s", "64M", s(&backing)]);
+    sh("dd", &["if=/dev/urandom", &format!("of={}", s(&backing)), "bs=1M", "count=1", "conv=notrunc", "status=none"]);
+    sh("dd", &["if=/dev/urandom", &format!("of={}", s(&backing)), "bs=1M", "seek=63", "count=1", "conv=notrunc", "status=none"]);
+    let l = Loop::with(&backing, &[]);
+    let o = restore(&f.disk_rimg, &l.dev, &["--erase", "--noprompt"]);
+    let fails = o.status.code() == Some(1);
+    let err = stderr(&o);
+    let empty = std::panic::catch_unwind(|| assert_empty_gpt(l.path()));
+    drop(l);
+    sh("umount", &[s(&mnt)]);
+    assert!(fails, "restore onto a failing device succeeded: {err}");
+    assert!(err.contains("erased to a valid empty state"), "{err}");
+    assert!(empty.is_ok(), "target not left an empty GPT");
+}
+
+#[test]
+fn garbage_images_are_clear_errors_and_touch_nothing() {
+    let f = fixtures();
+    let dir = scratch();
+    let (file, l) = random_loop(dir.path(), 64);
+    let before = digest(&file);
+    let cases: Vec<(&str, Box<dyn Fn(&std::fs::File, &reimage::image::format::ImageHead)>)> = vec![
+        ("manifest digest mismatch", Box::new(|f, _| f.write_all_at(&[0xff], 70).unwrap())),
+        ("version", Box::new(|f, _| f.write_all_at(&[9], 8).unwrap())),
+        ("corrupt image header", Box::new(|f, _| f.write_all_at(&u64::MAX.to_le_bytes(), 24).unwrap())),
+    ];
+    for (needle, damage) in cases {
+        let bad = damaged(&f.disk_rimg, dir.path(), damage);
+        let o = restore(&bad, &l.dev, &["--erase", "--noprompt"]);
+        assert_fails_with(&o, needle);
+        assert_eq!(digest(&file), before, "{needle}: target changed");
+    }
+    let o = restore(&dir.path().join("missing.rimg"), &l.dev, &["--erase", "--noprompt"]);
+    assert_fails_with(&o, "missing.rimg");
+    let o = restore(&f.disk_rimg, "/dev/nonexistent-disk", &["--erase", "--noprompt"]);
+    assert_fails_with(&o, "does not exist");
+}
