@@ -23,7 +23,7 @@ fn imagecreate_stores_only_used_blocks_of_a_gpt_disk() {
     let dir = scratch();
     let files = sample_files(dir.path(), 10);
     let disk = dir.path().join("d.img");
-    make_gpt_disk(dir.path(), &disk, 256, 200, &files);
+    make_gpt_disk(&disk, 256, 200, &files);
     // Old data in the ext4 free space must not be stored: fill it first.
     let rimg = dir.path().join("d.rimg");
     let o = create(&disk, &rimg, &[]);

@@ -25,7 +25,7 @@ fn fixtures() -> &'static Fixtures {
         let dir = scratch().keep();
         let files = sample_files(&dir, 30);
         let disk = dir.join("disk.img");
-        let (ext4_offset, ext4_len) = make_gpt_disk(&dir, &disk, 128, 96, &files);
+        let (ext4_offset, ext4_len) = make_gpt_disk(&disk, 128, 96, &files);
         let disk_rimg = dir.join("disk.rimg");
         let o = reimage(&["imagecreate", "--source", disk.to_str().unwrap(), "--image", disk_rimg.to_str().unwrap()]);
         assert!(o.status.success(), "imagecreate disk: {}", stderr(&o));

@@ -20,7 +20,7 @@ fn fixtures() -> &'static Fixtures {
         let dir = scratch().keep();
         let files = sample_files(&dir, 12);
         let disk = dir.join("disk.img");
-        make_gpt_disk(&dir, &disk, 64, 40, &files);
+        make_gpt_disk(&disk, 64, 40, &files);
         let disk_rimg = dir.join("disk.rimg");
         let o = reimage(&["imagecreate", "--source", s(&disk), "--image", s(&disk_rimg)]);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -133,7 +133,7 @@ fn damaged(f: &Path, dir: &Path, damage: impl FnOnce(&std::fs::File, &reimage::i
     let out = dir.join("bad.rimg");
     std::fs::copy(f, &out).unwrap();
     let head = head_of(&out);
-    let file = std::fs::OpenOptions::new().write(true).open(&out).unwrap();
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&out).unwrap();
     damage(&file, &head);
     out
 }
@@ -176,12 +176,12 @@ fn truncated_image_fails_and_leaves_a_partition_without_signatures() {
 fn failing_target_midway_is_erased_to_an_empty_gpt() {
     let f = fixtures();
     let dir = scratch();
-    // A loop device over a sparse 64 MiB file on a 24 MiB tmpfs: writes
+    // A loop device over a sparse 64 MiB file on a 6 MiB tmpfs: writes
     // fail with ENOSPC partway through the restore. The first and last MiB
     // are allocated up front so the erase afterwards can still land.
     let mnt = dir.path().join("tmpfs");
     std::fs::create_dir(&mnt).unwrap();
-    sh("mount", &["-t", "tmpfs", "-o", "size=24m", "tmpfs", s(&mnt)]);
+    sh("mount", &["-t", "tmpfs", "-o", "size=6m", "tmpfs", s(&mnt)]);
     let backing = mnt.join("t.img");
     sh("truncate", &["-s", "64M", s(&backing)]);
     sh("dd", &["if=/dev/urandom", &format!("of={}", s(&backing)), "bs=1M", "count=1", "conv=notrunc", "status=none"]);

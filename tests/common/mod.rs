@@ -147,24 +147,13 @@ pub fn make_ext4(path: &Path, mib: u64, files: &Path) {
     sh("mkfs.ext4", &["-q", "-F", "-E", "root_owner=0:0", "-d", files.to_str().unwrap(), path.to_str().unwrap()]);
 }
 
-/// A GPT disk image: partition 1 a 16 MiB FAT ESP with a file, partition 2
-/// an ext4 filesystem with `files`, free space after it. Returns the ext4
-/// partition's byte offset and length.
-pub fn make_gpt_disk(dir: &Path, path: &Path, disk_mib: u64, ext4_mib: u64, files: &Path) -> (u64, u64) {
-    let p = path.to_str().unwrap();
-    sh("truncate", &["-s", &format!("{disk_mib}M"), p]);
-    sh("sgdisk", &["-n1:2048:+16M", "-t1:ef00", "-c1:ESP", &format!("-n2:0:+{ext4_mib}M"), "-t2:8300", "-c2:root", p]);
-    let esp = dir.join("esp.part");
-    let e = esp.to_str().unwrap();
-    sh("mkfs.vfat", &["-F", "16", "-C", e, "16384"]);
-    let out = Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-i", e, "/etc/os-release", "::os-release"]).output().unwrap();
-    assert!(out.status.success(), "mcopy: {}", String::from_utf8_lossy(&out.stderr));
-    let root = dir.join("root.part");
-    make_ext4(&root, ext4_mib, files);
-    sh("dd", &[&format!("if={e}"), &format!("of={p}"), "bs=1M", "seek=1", "conv=notrunc", "status=none"]);
-    let start = (2048 + 16 * 2048) * 512;
-    sh("dd", &[&format!("if={}", root.display()), &format!("of={p}"), "bs=1M", &format!("seek={}", start / MIB), "conv=notrunc", "status=none"]);
-    (start, ext4_mib * MIB)
+/// A GPT disk image made by `scripts/make-sample-disk`: partition 1 a
+/// 16 MiB FAT ESP, partition 2 an ext4 filesystem with `files`, free space
+/// after it. Returns the ext4 partition's byte offset and length.
+pub fn make_gpt_disk(path: &Path, disk_mib: u64, ext4_mib: u64, files: &Path) -> (u64, u64) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/make-sample-disk");
+    sh(script, &[path.to_str().unwrap(), &disk_mib.to_string(), &ext4_mib.to_string(), files.to_str().unwrap()]);
+    (17 * MIB, ext4_mib * MIB)
 }
 
 pub fn head_of(image: &Path) -> ImageHead {
@@ -217,8 +206,13 @@ pub fn assert_fsck_clean(dev: &Path, offset: u64, len: u64) {
 /// partitions, and nothing else recognisable.
 pub fn assert_empty_gpt(dev: &Path) {
     let d = dev.to_str().unwrap();
+    // sgdisk invents a table in memory for a blank disk, so first make
+    // sure a real one is on the device.
+    assert_eq!(&read_at(dev, 512, 8), b"EFI PART", "no GPT header at LBA 1");
+    let pttype = sh("blkid", &["-p", "-s", "PTTYPE", "-o", "value", d]);
+    assert_eq!(pttype.trim(), "gpt");
     let v = sh("sgdisk", &["-v", d]);
-    assert!(v.contains("No problems found"), "sgdisk -v: {v}");
+    assert!(v.contains("No problems found") && !v.contains("Creating new GPT"), "sgdisk -v: {v}");
     let p = sh("sgdisk", &["-p", d]);
     let rows = p.lines().skip_while(|l| !l.starts_with("Number")).skip(1).filter(|l| !l.trim().is_empty()).count();
     assert_eq!(rows, 0, "partitions left: {p}");
