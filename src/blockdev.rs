@@ -16,7 +16,11 @@ mod ioctl {
     nix::ioctl_none!(blkrrpart, 0x12, 95);
     nix::ioctl_none!(blkflsbuf, 0x12, 97);
     nix::ioctl_write_ptr!(blkzeroout, 0x12, 127, [u64; 2]);
-    nix::ioctl_write_ptr_bad!(blkpg, nix::request_code_none!(0x12, 105), super::BlkpgIoctlArg);
+    nix::ioctl_write_ptr_bad!(
+        blkpg,
+        nix::request_code_none!(0x12, 105),
+        super::BlkpgIoctlArg
+    );
 }
 
 /// Size of a block device in bytes (BLKGETSIZE64).
@@ -142,9 +146,17 @@ impl SysBlock {
     }
 
     fn at(sys: PathBuf, dev: String) -> SysBlock {
-        let name = sys.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = sys
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let partition = read_trimmed(&sys.join("partition")).and_then(|s| s.parse().ok());
-        SysBlock { sys, name, dev, partition }
+        SysBlock {
+            sys,
+            name,
+            dev,
+            partition,
+        }
     }
 
     /// The whole disk a partition belongs to.
@@ -157,7 +169,9 @@ impl SysBlock {
 
     /// Partitions of a whole disk (empty for a partition).
     pub fn partitions(&self) -> Vec<SysBlock> {
-        let Ok(rd) = std::fs::read_dir(&self.sys) else { return Vec::new() };
+        let Ok(rd) = std::fs::read_dir(&self.sys) else {
+            return Vec::new();
+        };
         let mut parts: Vec<SysBlock> = rd
             .flatten()
             .map(|e| e.path())
@@ -174,7 +188,11 @@ impl SysBlock {
     /// Names of the devices stacked on this one (dm, md, bcache...).
     pub fn holders(&self) -> Vec<String> {
         std::fs::read_dir(self.sys.join("holders"))
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -183,7 +201,9 @@ impl SysBlock {
         let disk = self.parent().unwrap_or_else(|| self.clone());
         read_trimmed(&disk.sys.join("device/model"))
             .filter(|m| !m.is_empty())
-            .or_else(|| read_trimmed(&disk.sys.join("loop/backing_file")).map(|b| format!("loop of {b}")))
+            .or_else(|| {
+                read_trimmed(&disk.sys.join("loop/backing_file")).map(|b| format!("loop of {b}"))
+            })
     }
 }
 

@@ -7,7 +7,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "reimage", version, about = "Block-copy disk images onto disks, like Apple's asr", term_width = 80)]
+#[command(
+    name = "reimage",
+    version,
+    about = "Block-copy disk images onto disks, like Apple's asr",
+    term_width = 80
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -134,10 +139,28 @@ fn parse_buffer_size(s: &str) -> Result<u64, String> {
 
 /// asr options that also have single-dash spellings.
 const LEGACY: &[&str] = &[
-    "source", "target", "erase", "noprompt", "noverify", "buffers", "buffersize", "csumbuffers", "csumbuffersize",
-    "verbose", "debug", "puppetstrings", "imagescan",
+    "source",
+    "target",
+    "erase",
+    "noprompt",
+    "noverify",
+    "buffers",
+    "buffersize",
+    "csumbuffers",
+    "csumbuffersize",
+    "verbose",
+    "debug",
+    "puppetstrings",
+    "imagescan",
 ];
-const VERBS: &[&str] = &["restore", "restoreexact", "imagescan", "imagecreate", "help", "version"];
+const VERBS: &[&str] = &[
+    "restore",
+    "restoreexact",
+    "imagescan",
+    "imagecreate",
+    "help",
+    "version",
+];
 
 /// Rewrites asr's legacy spellings into the modern ones: `-source` becomes
 /// `--source`, `-imagescan IMAGE` becomes `imagescan IMAGE`, and a verb-less
@@ -147,7 +170,9 @@ pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
         .into_iter()
         .enumerate()
         .map(|(i, a)| match a.to_str() {
-            Some(s) if i > 0 && s.len() > 1 && !s.starts_with("--") && LEGACY.contains(&&s[1..]) => {
+            Some(s)
+                if i > 0 && s.len() > 1 && !s.starts_with("--") && LEGACY.contains(&&s[1..]) =>
+            {
                 OsString::from(format!("-{s}"))
             }
             _ => a,
@@ -174,8 +199,19 @@ mod tests {
 
     #[test]
     fn legacy_restore_spelling() {
-        let cli = parse(&["reimage", "-source", "a.rimg", "-target", "/dev/sdb", "-erase", "-noprompt"]).unwrap();
-        let Command::Restore(r) = cli.command else { panic!("not a restore") };
+        let cli = parse(&[
+            "reimage",
+            "-source",
+            "a.rimg",
+            "-target",
+            "/dev/sdb",
+            "-erase",
+            "-noprompt",
+        ])
+        .unwrap();
+        let Command::Restore(r) = cli.command else {
+            panic!("not a restore")
+        };
         assert_eq!(r.source, "a.rimg");
         assert_eq!(r.target, PathBuf::from("/dev/sdb"));
         assert!(r.erase && r.noprompt && !r.noverify);
@@ -184,28 +220,93 @@ mod tests {
     #[test]
     fn legacy_imagescan_spelling() {
         let cli = parse(&["reimage", "-imagescan", "x.rimg"]).unwrap();
-        assert!(matches!(cli.command, Command::Imagescan(ImagescanArgs { ref image, .. }) if image == &PathBuf::from("x.rimg")));
+        assert!(
+            matches!(cli.command, Command::Imagescan(ImagescanArgs { ref image, .. }) if image == &PathBuf::from("x.rimg"))
+        );
     }
 
     #[test]
     fn legacy_options_after_a_verb() {
-        let cli = parse(&["reimage", "restore", "-source", "a", "-target", "b", "-noverify", "--buffersize", "4m"]).unwrap();
-        let Command::Restore(r) = cli.command else { panic!("not a restore") };
+        let cli = parse(&[
+            "reimage",
+            "restore",
+            "-source",
+            "a",
+            "-target",
+            "b",
+            "-noverify",
+            "--buffersize",
+            "4m",
+        ])
+        .unwrap();
+        let Command::Restore(r) = cli.command else {
+            panic!("not a restore")
+        };
         assert!(r.noverify && !r.erase);
         assert_eq!(r.buffersize, 4 << 20);
     }
 
     #[test]
     fn sizes_and_bounds() {
-        assert!(parse(&["reimage", "restore", "--source", "a", "--target", "b", "--buffersize", "12q"]).is_err());
-        assert!(parse(&["reimage", "restore", "--source", "a", "--target", "b", "--buffersize", "1k"]).is_err());
-        assert!(parse(&["reimage", "restore", "--source", "a", "--target", "b", "--buffers", "1"]).is_err());
-        assert!(parse(&["reimage", "imagecreate", "--source", "a", "--image", "b", "--level", "30"]).is_err());
+        assert!(
+            parse(&[
+                "reimage",
+                "restore",
+                "--source",
+                "a",
+                "--target",
+                "b",
+                "--buffersize",
+                "12q"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "reimage",
+                "restore",
+                "--source",
+                "a",
+                "--target",
+                "b",
+                "--buffersize",
+                "1k"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "reimage",
+                "restore",
+                "--source",
+                "a",
+                "--target",
+                "b",
+                "--buffers",
+                "1"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "reimage",
+                "imagecreate",
+                "--source",
+                "a",
+                "--image",
+                "b",
+                "--level",
+                "30"
+            ])
+            .is_err()
+        );
     }
 
     #[test]
     fn values_that_look_like_words_are_left_alone() {
-        let v = normalize_args(["reimage", "restore", "--source", "-x", "--target", "erase"].map(OsString::from));
+        let v = normalize_args(
+            ["reimage", "restore", "--source", "-x", "--target", "erase"].map(OsString::from),
+        );
         assert_eq!(v[3], "-x");
         assert_eq!(v[5], "erase");
     }
@@ -216,7 +317,11 @@ mod tests {
         for sub in ["restore", "imagecreate", "imagescan"] {
             let mut cmd = Cli::command();
             cmd.build();
-            let help = cmd.find_subcommand_mut(sub).unwrap().render_help().to_string();
+            let help = cmd
+                .find_subcommand_mut(sub)
+                .unwrap()
+                .render_help()
+                .to_string();
             for line in help.lines() {
                 assert!(line.chars().count() <= 80, "{sub}: {line}");
             }

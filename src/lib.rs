@@ -10,6 +10,7 @@ pub mod io;
 pub mod parttable;
 pub mod progress;
 pub mod restore;
+mod signals;
 pub mod source;
 pub mod target;
 pub mod util;

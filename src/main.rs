@@ -30,12 +30,17 @@ fn main() -> ExitCode {
 }
 
 fn sink(o: &OutputArgs) -> Box<dyn ProgressSink> {
-    if o.puppetstrings { Box::new(MachineProgress::new(o.json)) } else { Box::new(HumanProgress::new()) }
+    if o.puppetstrings {
+        Box::new(MachineProgress::new(o.json, o.verbose))
+    } else {
+        Box::new(HumanProgress::new(o.verbose))
+    }
 }
 
 fn create_options(t: &CreateTuning) -> anyhow::Result<CreateOptions> {
     Ok(CreateOptions {
-        chunk_size: u32::try_from(t.chunksize).map_err(|_| anyhow::anyhow!("--chunksize is too large"))?,
+        chunk_size: u32::try_from(t.chunksize)
+            .map_err(|_| anyhow::anyhow!("--chunksize is too large"))?,
         level: t.level,
         name: t.name.clone(),
         force: t.force,
@@ -49,18 +54,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restoreexact(a) => restore_cmd(a, true),
         Command::Imagecreate(a) => {
             let progress = sink(&a.output);
-            let report = image::create(&a.source, &a.image, &create_options(&a.create)?, progress.as_ref())?;
+            let report = image::create(
+                &a.source,
+                &a.image,
+                &create_options(&a.create)?,
+                progress.as_ref(),
+            )?;
             progress.note(&report.to_string());
             Ok(())
         }
         Command::Imagescan(a) => {
             let progress = sink(&a.out);
-            let opts = ScanOptions { output: a.output, create: create_options(&a.create)? };
+            let opts = ScanOptions {
+                output: a.output,
+                create: create_options(&a.create)?,
+            };
             let report = image::scan(&a.image, &opts, progress.as_ref())?;
             if report.reordered {
-                progress.note(&format!("Rewrote {} in streaming order", report.image.display()));
+                progress.note(&format!(
+                    "Rewrote {} in streaming order",
+                    report.image.display()
+                ));
             }
-            progress.note(&format!("Image digest: {}", image::format::hex(&report.digest)));
+            progress.note(&format!(
+                "Image digest: {}",
+                image::format::hex(&report.digest)
+            ));
             Ok(())
         }
         Command::Version => {

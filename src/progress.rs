@@ -55,11 +55,17 @@ pub trait ProgressSink: Send + Sync {
     fn finish(&self, phase: Phase);
     /// An informational line (e.g. "Restoring from /srv/lab.rimg").
     fn note(&self, msg: &str);
+    /// A line shown only with `--verbose`.
+    fn detail(&self, msg: &str);
 }
 
 /// Percent with one decimal, clamped to 100.
 fn percent(done: u64, total: u64) -> f64 {
-    if total == 0 { 0.0 } else { (done as f64 * 100.0 / total as f64).min(100.0) }
+    if total == 0 {
+        0.0
+    } else {
+        (done as f64 * 100.0 / total as f64).min(100.0)
+    }
 }
 
 /// asr's look on stdout: `Validating target...done` and
@@ -68,6 +74,7 @@ fn percent(done: u64, total: u64) -> f64 {
 /// log file) only whole dots are appended, so every line stays readable.
 pub struct HumanProgress {
     tty: bool,
+    verbose: bool,
     state: Mutex<HumanState>,
 }
 
@@ -79,28 +86,39 @@ struct HumanState {
 }
 
 impl HumanProgress {
-    pub fn new() -> HumanProgress {
+    pub fn new(verbose: bool) -> HumanProgress {
         HumanProgress {
             tty: std::io::stdout().is_terminal(),
-            state: Mutex::new(HumanState { steps: 0, started: Instant::now(), last_draw: None }),
+            verbose,
+            state: Mutex::new(HumanState {
+                steps: 0,
+                started: Instant::now(),
+                last_draw: None,
+            }),
         }
     }
 
     fn bar(steps: u32) -> String {
-        (1..=steps).map(|s| if s % 5 == 0 { (s * 2).to_string() } else { ".".into() }).collect()
-    }
-}
-
-impl Default for HumanProgress {
-    fn default() -> Self {
-        Self::new()
+        (1..=steps)
+            .map(|s| {
+                if s % 5 == 0 {
+                    (s * 2).to_string()
+                } else {
+                    ".".into()
+                }
+            })
+            .collect()
     }
 }
 
 impl ProgressSink for HumanProgress {
     fn start(&self, phase: Phase, _total: u64) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        *st = HumanState { steps: 0, started: Instant::now(), last_draw: None };
+        *st = HumanState {
+            steps: 0,
+            started: Instant::now(),
+            last_draw: None,
+        };
         let mut out = std::io::stdout().lock();
         if phase.is_step() {
             let _ = write!(out, "{}...", phase.label());
@@ -119,14 +137,22 @@ impl ProgressSink for HumanProgress {
         let mut out = std::io::stdout().lock();
         if self.tty {
             let now = Instant::now();
-            if st.last_draw.is_some_and(|t| now.duration_since(t).as_millis() < 100) && steps == st.steps {
+            if st
+                .last_draw
+                .is_some_and(|t| now.duration_since(t).as_millis() < 100)
+                && steps == st.steps
+            {
                 return;
             }
             st.last_draw = Some(now);
             st.steps = steps;
             let secs = now.duration_since(st.started).as_secs_f64().max(1e-3);
             let rate = done as f64 / secs;
-            let eta = if rate > 0.0 { (total.saturating_sub(done)) as f64 / rate } else { 0.0 };
+            let eta = if rate > 0.0 {
+                (total.saturating_sub(done)) as f64 / rate
+            } else {
+                0.0
+            };
             let _ = write!(
                 out,
                 "\r\x1b[K{} {:<50} {:5.1}%  {}/s  ETA {}:{:02}",
@@ -152,7 +178,12 @@ impl ProgressSink for HumanProgress {
             let _ = writeln!(out, "done");
         } else if self.tty {
             let secs = st.started.elapsed().as_secs_f64();
-            let _ = writeln!(out, "\r\x1b[K{} {} ({secs:.1} s)", phase.label(), Self::bar(50));
+            let _ = writeln!(
+                out,
+                "\r\x1b[K{} {} ({secs:.1} s)",
+                phase.label(),
+                Self::bar(50)
+            );
         } else {
             let all = Self::bar(50);
             let _ = writeln!(out, "{}", &all[Self::bar(st.steps).len()..]);
@@ -162,19 +193,30 @@ impl ProgressSink for HumanProgress {
     fn note(&self, msg: &str) {
         println!("{msg}");
     }
+
+    fn detail(&self, msg: &str) {
+        if self.verbose {
+            println!("{msg}");
+        }
+    }
 }
 
 /// Machine-readable progress (`--puppetstrings`): one event per line on
 /// stdout, tab-separated or JSON; the README specifies both.
 pub struct MachineProgress {
     json: bool,
+    verbose: bool,
     /// Last whole percent reported per phase, to emit at most 101 lines.
     last: Mutex<Option<u32>>,
 }
 
 impl MachineProgress {
-    pub fn new(json: bool) -> MachineProgress {
-        MachineProgress { json, last: Mutex::new(None) }
+    pub fn new(json: bool, verbose: bool) -> MachineProgress {
+        MachineProgress {
+            json,
+            verbose,
+            last: Mutex::new(None),
+        }
     }
 
     fn emit(&self, event: &str, phase: Phase, done: u64, total: u64) {
@@ -185,7 +227,12 @@ impl MachineProgress {
                 percent(done, total)
             )
         } else {
-            format!("{}\t{}\t{done}\t{total}\t{:.1}", event.to_uppercase(), phase.name(), percent(done, total))
+            format!(
+                "{}\t{}\t{done}\t{total}\t{:.1}",
+                event.to_uppercase(),
+                phase.name(),
+                percent(done, total)
+            )
         };
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
@@ -215,11 +262,20 @@ impl ProgressSink for MachineProgress {
 
     fn note(&self, msg: &str) {
         let line = if self.json {
-            format!("{{\"event\":\"info\",\"message\":{}}}", crate::util::json_string(msg))
+            format!(
+                "{{\"event\":\"info\",\"message\":{}}}",
+                crate::util::json_string(msg)
+            )
         } else {
             format!("INFO\t{}", msg.replace(['\t', '\n'], " "))
         };
         println!("{line}");
+    }
+
+    fn detail(&self, msg: &str) {
+        if self.verbose {
+            self.note(msg);
+        }
     }
 }
 
@@ -230,7 +286,10 @@ mod tests {
     #[test]
     fn asr_bar_has_numbers_every_ten_percent() {
         assert_eq!(HumanProgress::bar(12), "....10....20..");
-        assert_eq!(HumanProgress::bar(50).len(), "....10....20....30....40....50....60....70....80....90....100".len());
+        assert_eq!(
+            HumanProgress::bar(50).len(),
+            "....10....20....30....40....50....60....70....80....90....100".len()
+        );
         assert!(HumanProgress::bar(50).ends_with("90....100"));
     }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
-use crate::image::format::{Codec, Digest, Manifest};
+use crate::image::format::{Digest, Manifest};
 use crate::io::AlignedBuf;
 use crate::progress::{Phase, ProgressSink};
 use crate::source::{self, ChunkSource, Piece, Slot};
@@ -82,9 +82,17 @@ struct Written {
 /// Restores `source` onto `target` with asr's safety rules: nothing is
 /// written before preflight and confirmation pass; any failure after the
 /// first write erases the target to a valid empty state before reporting.
-pub fn restore(source_spec: &str, target_path: &Path, opts: &RestoreOptions, progress: &dyn ProgressSink) -> Result<RestoreReport> {
+pub fn restore(
+    source_spec: &str,
+    target_path: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn ProgressSink,
+) -> Result<RestoreReport> {
     if !opts.erase {
-        bail!("--erase is required: restoring onto {} destroys everything on it", target_path.display());
+        bail!(
+            "--erase is required: restoring onto {} destroys everything on it",
+            target_path.display()
+        );
     }
     progress.start(Phase::ValidateSource, 0);
     let mut src = source::open(source_spec, opts.buffer_size)?;
@@ -96,13 +104,19 @@ pub fn restore(source_spec: &str, target_path: &Path, opts: &RestoreOptions, pro
     if let Some(size) = info.size {
         // restoreexact grows a small partition, so only the sector check
         // applies to it here; check_exact covers the rest.
-        target.check_fits(if opts.exact { 0 } else { size }, info.sector_size, info.content)?;
+        target.check_fits(
+            if opts.exact { 0 } else { size },
+            info.sector_size,
+            info.content,
+        )?;
     }
     if let Some(head) = &info.head {
         check_alignment(&head.manifest, &target)?;
     }
     if opts.exact {
-        let size = info.size.context("restoreexact needs a source whose size is known up front")?;
+        let size = info
+            .size
+            .context("restoreexact needs a source whose size is known up front")?;
         target.check_exact(size)?;
     }
     progress.finish(Phase::ValidateTarget);
@@ -111,15 +125,26 @@ pub fn restore(source_spec: &str, target_path: &Path, opts: &RestoreOptions, pro
         target.confirm_erase()?;
     }
     progress.note(&format!("Restoring {src} onto {}", target.describe()));
+    // After the prompt (which must stay interruptible): a signal now stops
+    // the copy so the target can be erased instead of left half-written.
+    crate::signals::catch_interrupts();
     let started = Instant::now();
     let result = write_and_verify(src.as_mut(), &mut target, opts, progress);
     match result {
-        Ok((written, verified)) => Ok(RestoreReport { written, verified, elapsed: started.elapsed() }),
+        Ok((written, verified)) => Ok(RestoreReport {
+            written,
+            verified,
+            elapsed: started.elapsed(),
+        }),
         Err(err) => {
             let shown = target.path.display().to_string();
             match target.erase_to_empty(info.content) {
-                Ok(()) => Err(err.context(format!("restore onto {shown} failed; it was erased to a valid empty state"))),
-                Err(e2) => Err(err.context(format!("restore onto {shown} failed and erasing it failed too ({e2:#})"))),
+                Ok(()) => Err(err.context(format!(
+                    "restore onto {shown} failed; it was erased to a valid empty state"
+                ))),
+                Err(e2) => Err(err.context(format!(
+                    "restore onto {shown} failed and erasing it failed too ({e2:#})"
+                ))),
             }
         }
     }
@@ -130,14 +155,25 @@ pub fn restore(source_spec: &str, target_path: &Path, opts: &RestoreOptions, pro
 fn check_alignment(m: &Manifest, target: &Target) -> Result<()> {
     let sector = u64::from(target.sector_size);
     for (i, e) in m.extents.iter().enumerate() {
-        if e.target_offset % sector != 0 || (e.target_end() % sector != 0 && e.target_end() != m.logical_size) {
-            bail!("extent {i} at byte {} is not aligned to the {sector}-byte sectors of {}", e.target_offset, target.path.display());
+        if e.target_offset % sector != 0
+            || (e.target_end() % sector != 0 && e.target_end() != m.logical_size)
+        {
+            bail!(
+                "extent {i} at byte {} is not aligned to the {sector}-byte sectors of {}",
+                e.target_offset,
+                target.path.display()
+            );
         }
     }
     Ok(())
 }
 
-fn write_and_verify(src: &mut dyn ChunkSource, target: &mut Target, opts: &RestoreOptions, progress: &dyn ProgressSink) -> Result<(u64, bool)> {
+fn write_and_verify(
+    src: &mut dyn ChunkSource,
+    target: &mut Target,
+    opts: &RestoreOptions,
+    progress: &dyn ProgressSink,
+) -> Result<(u64, bool)> {
     let info = src.info().clone();
     if opts.exact
         && let Some(size) = info.size
@@ -170,12 +206,24 @@ struct Ready {
     slot: Box<Slot>,
 }
 
-fn copy(src: &mut dyn ChunkSource, target: &Target, opts: &RestoreOptions, progress: &dyn ProgressSink, verifier: Option<&Verifier>) -> Result<u64> {
+fn copy(
+    src: &mut dyn ChunkSource,
+    target: &Target,
+    opts: &RestoreOptions,
+    progress: &dyn ProgressSink,
+    verifier: Option<&Verifier>,
+) -> Result<u64> {
     let info = src.info().clone();
     let manifest = info.head.as_ref().map(|h| &h.manifest);
-    let slot_len = opts.buffer_size.max(manifest.map_or(0, |m| m.chunk_size as usize));
+    let slot_len = opts
+        .buffer_size
+        .max(manifest.map_or(0, |m| m.chunk_size as usize));
     let buffers = opts.buffers.max(2);
-    let workers = if opts.workers == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { opts.workers };
+    let workers = if opts.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        opts.workers
+    };
 
     // Progress counts restored bytes when the total is known, else bytes
     // of (compressed) source consumed.
@@ -184,11 +232,22 @@ fn copy(src: &mut dyn ChunkSource, target: &Target, opts: &RestoreOptions, progr
         (None, Some(size), _) => (size, false),
         (None, None, len) => (len.unwrap_or(0), true),
     };
+    progress.detail(&format!(
+        "copy: {buffers} buffers of {}, {workers} workers, {} writes",
+        human_size(slot_len as u64),
+        if target.direct_io() {
+            "O_DIRECT"
+        } else {
+            "buffered"
+        }
+    ));
     progress.start(Phase::Restore, total);
 
     let (free_tx, free_rx) = bounded::<Box<Slot>>(buffers);
     for _ in 0..buffers {
-        free_tx.send(Box::new(Slot::new(slot_len))).expect("pool channel has room");
+        free_tx
+            .send(Box::new(Slot::new(slot_len)))
+            .expect("pool channel has room");
     }
     let (work_tx, work_rx) = bounded::<(Piece, u64, Box<Slot>)>(buffers);
     let (ready_tx, ready_rx) = bounded::<Result<Ready>>(buffers + workers + 1);
@@ -236,12 +295,21 @@ fn copy(src: &mut dyn ChunkSource, target: &Target, opts: &RestoreOptions, progr
         let mut done = 0u64;
         let result = (|| -> Result<()> {
             for r in &ready_rx {
+                crate::signals::check()?;
                 let ready = r?;
                 if !target.is_file() && ready.offset + ready.len as u64 > target.size {
-                    bail!("the image is larger than {} ({})", target.path.display(), human_size(target.size));
+                    bail!(
+                        "the image is larger than {} ({})",
+                        target.path.display(),
+                        human_size(target.size)
+                    );
                 }
                 writer.put(&ready)?;
-                done = if by_source { ready.source_pos } else { done + ready.len as u64 };
+                done = if by_source {
+                    ready.source_pos
+                } else {
+                    done + ready.len as u64
+                };
                 progress.update(Phase::Restore, done, total);
                 // The channel has room for every slot, so this never blocks.
                 let _ = free_tx.send(ready.slot);
@@ -260,34 +328,32 @@ fn copy(src: &mut dyn ChunkSource, target: &Target, opts: &RestoreOptions, progr
 }
 
 /// Worker step: decompress if needed, hash, compare with the manifest.
-fn check_piece(piece: Piece, source_pos: u64, mut slot: Box<Slot>, manifest: Option<&Manifest>, dctx: Option<&mut zstd::bulk::Decompressor<'static>>) -> Result<Ready> {
-    let (offset, len, expected) = match piece {
-        Piece::Raw { offset, len } => (offset, len, None),
+fn check_piece(
+    piece: Piece,
+    source_pos: u64,
+    mut slot: Box<Slot>,
+    manifest: Option<&Manifest>,
+    dctx: Option<&mut zstd::bulk::Decompressor<'static>>,
+) -> Result<Ready> {
+    let (offset, len, digest) = match piece {
+        Piece::Raw { offset, len } => (offset, len, *blake3::hash(&slot.data[..len]).as_bytes()),
         Piece::Extent(i) => {
             let m = manifest.ok_or_else(|| anyhow!("internal: extent piece without a manifest"))?;
+            let dctx = dctx.ok_or_else(|| anyhow!("could not create a zstd decompressor"))?;
+            let digest = source::unpack_extent(m, i, &mut slot, dctx)?;
             let e = &m.extents[i];
-            let len = e.length as usize;
-            if e.codec == Codec::Zstd {
-                let dctx = dctx.ok_or_else(|| anyhow!("could not create a zstd decompressor"))?;
-                let Slot { input, data } = &mut *slot;
-                let n = dctx
-                    .decompress_to_buffer(&input[..], &mut data[..len])
-                    .map_err(|err| anyhow!("extent {i} at byte {}: payload does not decompress ({err}); the image is corrupt", e.target_offset))?;
-                if n != len {
-                    bail!("extent {i} at byte {}: payload decompresses to {n} bytes, expected {len}; the image is corrupt", e.target_offset);
-                }
-            }
-            (e.target_offset, len, Some((i, e.digest)))
+            (e.target_offset, e.length as usize, digest)
         }
     };
-    let digest = *blake3::hash(&slot.data[..len]).as_bytes();
-    if let Some((i, want)) = expected
-        && want != digest
-    {
-        bail!("extent {i} at byte {offset}: digest mismatch; the image is corrupt");
-    }
     let zero = crate::io::is_zero(&slot.data[..len]);
-    Ok(Ready { offset, len, digest, zero, source_pos, slot })
+    Ok(Ready {
+        offset,
+        len,
+        digest,
+        zero,
+        source_pos,
+        slot,
+    })
 }
 
 /// Writes pieces positionally, holding everything inside the first MiB in
@@ -310,7 +376,15 @@ const BUFFERED_SYNC_INTERVAL: u64 = 64 << 20;
 
 impl<'a> BootHoldingWriter<'a> {
     fn new(target: &'a Target, verifier: Option<&'a Verifier>) -> Self {
-        BootHoldingWriter { target, verifier, boot: AlignedBuf::new(BOOT_AREA as usize), boot_ranges: Vec::new(), boot_pieces: Vec::new(), written: 0, since_sync: 0 }
+        BootHoldingWriter {
+            target,
+            verifier,
+            boot: AlignedBuf::new(BOOT_AREA as usize),
+            boot_ranges: Vec::new(),
+            boot_pieces: Vec::new(),
+            written: 0,
+            since_sync: 0,
+        }
     }
 
     fn put(&mut self, r: &Ready) -> Result<()> {
@@ -336,7 +410,11 @@ impl<'a> BootHoldingWriter<'a> {
             self.target.sync()?;
             self.since_sync = 0;
         }
-        let w = Written { offset: r.offset, len: r.len as u64, digest: r.digest };
+        let w = Written {
+            offset: r.offset,
+            len: r.len as u64,
+            digest: r.digest,
+        };
         if held > 0 {
             self.boot_pieces.push(w);
         } else if let Some(v) = self.verifier {
@@ -358,7 +436,8 @@ impl<'a> BootHoldingWriter<'a> {
             }
         }
         for r in merged {
-            self.target.write_at(&self.boot[r.start as usize..r.end as usize], r.start)?;
+            self.target
+                .write_at(&self.boot[r.start as usize..r.end as usize], r.start)?;
         }
         if let Some(v) = self.verifier {
             self.boot_pieces.drain(..).for_each(|w| v.queue(w));
@@ -395,10 +474,17 @@ impl Verifier {
                     let (file, _) = reader?;
                     let mut buf = AlignedBuf::new(buf_len);
                     for w in rx {
-                        let got = hash_range(&file, &mut buf, w.offset, w.len)
-                            .with_context(|| format!("reading back {} at byte {}", path.display(), w.offset))?;
+                        let got =
+                            hash_range(&file, &mut buf, w.offset, w.len).with_context(|| {
+                                format!("reading back {} at byte {}", path.display(), w.offset)
+                            })?;
                         if got != w.digest {
-                            bail!("verification failed: {} bytes at offset {} of {} differ from the image", w.len, w.offset, path.display());
+                            bail!(
+                                "verification failed: {} bytes at offset {} of {} differ from the image",
+                                w.len,
+                                w.offset,
+                                path.display()
+                            );
                         }
                         verified.fetch_add(w.len, Ordering::Relaxed);
                     }
@@ -407,7 +493,13 @@ impl Verifier {
                 let _ = done_tx.send(r);
             });
         }
-        Verifier { tx: Some(tx), total: Arc::new(AtomicU64::new(0)), verified, done_rx, threads }
+        Verifier {
+            tx: Some(tx),
+            total: Arc::new(AtomicU64::new(0)),
+            verified,
+            done_rx,
+            threads,
+        }
     }
 
     fn queue(&self, w: Written) {
@@ -433,7 +525,7 @@ impl Verifier {
                         first_err.get_or_insert(e);
                     }
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => crate::signals::check()?,
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
             progress.update(Phase::Verify, self.verified.load(Ordering::Relaxed), total);
@@ -447,7 +539,12 @@ impl Verifier {
 }
 
 /// BLAKE3 of `len` bytes at `offset`, read in `buf`-sized pieces.
-pub(crate) fn hash_range(file: &std::fs::File, buf: &mut AlignedBuf, offset: u64, len: u64) -> std::io::Result<Digest> {
+pub(crate) fn hash_range(
+    file: &std::fs::File,
+    buf: &mut AlignedBuf,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<Digest> {
     use std::os::unix::fs::FileExt;
     let mut h = blake3::Hasher::new();
     let mut at = offset;
@@ -459,7 +556,10 @@ pub(crate) fn hash_range(file: &std::fs::File, buf: &mut AlignedBuf, offset: u64
         let read_len = want.next_multiple_of(512).min(buf.len());
         let n = file.read_at(&mut buf[..read_len], at)?;
         if n < want {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "device ended early"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "device ended early",
+            ));
         }
         h.update(&buf[..want]);
         at += want as u64;

@@ -52,7 +52,11 @@ pub enum PreflightError {
     #[error("{0} is in use (another program has it open exclusively)")]
     Busy(String),
     #[error("There is not enough space on {path} ({have}) to restore {need}")]
-    TooSmall { path: String, have: String, need: String },
+    TooSmall {
+        path: String,
+        have: String,
+        need: String,
+    },
 }
 
 impl Target {
@@ -68,7 +72,10 @@ impl Target {
         match meta {
             Some(m) if m.file_type().is_block_device() => Self::open_block(path),
             Some(m) if m.is_file() => Self::open_file(path, false),
-            Some(_) => bail!("{} is neither a block device nor a regular file", path.display()),
+            Some(_) => bail!(
+                "{} is neither a block device nor a regular file",
+                path.display()
+            ),
             None => {
                 if path.starts_with("/dev") {
                     bail!("{} does not exist", path.display());
@@ -90,7 +97,11 @@ impl Target {
         for dev in &related {
             let holders = dev.holders();
             if !holders.is_empty() {
-                return Err(PreflightError::Held(display, format!("{} (via {})", holders.join(", "), dev.name)).into());
+                return Err(PreflightError::Held(
+                    display,
+                    format!("{} (via {})", holders.join(", "), dev.name),
+                )
+                .into());
             }
         }
         // O_EXCL on a block device claims it: the kernel refuses it while a
@@ -104,7 +115,9 @@ impl Target {
         let (file, direct) = match open(true) {
             Ok(f) => (f, true),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(false)?, false),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Err(PreflightError::Busy(display).into()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                return Err(PreflightError::Busy(display).into());
+            }
             Err(e) => return Err(e).with_context(|| format!("opening {display}")),
         };
         let size = blockdev::size_bytes(&file)?;
@@ -113,7 +126,16 @@ impl Target {
             Some(disk) => TargetKind::Partition { part: sys, disk },
             None => TargetKind::Disk(sys),
         };
-        Ok(Target { path: path.to_owned(), kind, file, direct, buffered: OnceCell::new(), _lock: None, size, sector_size })
+        Ok(Target {
+            path: path.to_owned(),
+            kind,
+            file,
+            direct,
+            buffered: OnceCell::new(),
+            _lock: None,
+            size,
+            sector_size,
+        })
     }
 
     fn open_file(path: &Path, create: bool) -> Result<Target> {
@@ -132,8 +154,11 @@ impl Target {
         };
         // Two restores into one file would interleave; an advisory lock
         // stands in for the O_EXCL claim block devices get.
-        let lock = nix::fcntl::Flock::lock(file.try_clone()?, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|_| PreflightError::Busy(path.display().to_string()))?;
+        let lock = nix::fcntl::Flock::lock(
+            file.try_clone()?,
+            nix::fcntl::FlockArg::LockExclusiveNonblock,
+        )
+        .map_err(|_| PreflightError::Busy(path.display().to_string()))?;
         let size = file.metadata()?.len();
         Ok(Target {
             path: path.to_owned(),
@@ -193,12 +218,16 @@ impl Target {
 
     /// Asks `Erase contents of … ? [ny]:` on the controlling terminal.
     pub fn confirm_erase(&self) -> Result<()> {
-        let tty = OpenOptions::new().read(true).write(true).open("/dev/tty").map_err(|_| {
-            anyhow::anyhow!(
-                "no terminal to confirm erasing {}; pass --noprompt to erase without asking",
-                self.path.display()
-            )
-        })?;
+        let tty = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no terminal to confirm erasing {}; pass --noprompt to erase without asking",
+                    self.path.display()
+                )
+            })?;
         let mut w = &tty;
         write!(w, "Erase contents of {}? [ny]: ", self.describe())?;
         w.flush()?;
@@ -242,10 +271,21 @@ impl Target {
     /// are aligned, else through the buffered descriptor.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         let sector = u64::from(self.sector_size);
-        let aligned = offset % sector == 0 && buf.len() as u64 % sector == 0 && buf.as_ptr() as usize % IO_ALIGN == 0;
-        let file = if self.direct && !aligned { self.buffered()? } else { &self.file };
-        file.write_all_at(buf, offset)
-            .with_context(|| format!("writing {} bytes at offset {offset} of {}", buf.len(), self.path.display()))
+        let aligned = offset % sector == 0
+            && buf.len() as u64 % sector == 0
+            && buf.as_ptr() as usize % IO_ALIGN == 0;
+        let file = if self.direct && !aligned {
+            self.buffered()?
+        } else {
+            &self.file
+        };
+        file.write_all_at(buf, offset).with_context(|| {
+            format!(
+                "writing {} bytes at offset {offset} of {}",
+                buf.len(),
+                self.path.display()
+            )
+        })
     }
 
     fn buffered(&self) -> Result<&File> {
@@ -269,7 +309,10 @@ impl Target {
             return Ok(());
         }
         let sector = u64::from(self.sector_size);
-        if offset % sector == 0 && len % sector == 0 && blockdev::zero_out(&self.file, offset, len).is_ok() {
+        if offset % sector == 0
+            && len % sector == 0
+            && blockdev::zero_out(&self.file, offset, len).is_ok()
+        {
             return Ok(());
         }
         let zeros = AlignedBuf::new(len.min(1 << 20) as usize);
@@ -287,7 +330,9 @@ impl Target {
         if let Some(b) = self.buffered.get() {
             b.sync_data()?;
         }
-        self.file.sync_data().with_context(|| format!("syncing {}", self.path.display()))
+        self.file
+            .sync_data()
+            .with_context(|| format!("syncing {}", self.path.display()))
     }
 
     /// A separate O_DIRECT read descriptor for verification, so reads come
@@ -352,18 +397,34 @@ impl Target {
         let node = Path::new("/dev").join(&disk.name);
         // Not O_EXCL: the kernel counts our claim on the partition as a claim
         // on the disk; the GPT is edited through a plain descriptor.
-        let f = OpenOptions::new().read(true).write(true).open(&node)
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&node)
             .with_context(|| format!("opening {}", node.display()))?;
         let size = blockdev::size_bytes(&f)?;
         let sector = blockdev::logical_sector_size(&f)?;
         crate::parttable::resize_partition(&f, size, sector, number, len)?;
         f.sync_data()?;
-        let start: u64 = std::fs::read_to_string(part.sys.join("start"))?.trim().parse::<u64>()? * 512;
-        blockdev::resize_partition(&f, number, start, len)
-            .with_context(|| format!("telling the kernel {} is now {}", self.path.display(), human_size(len)))?;
+        let start: u64 = std::fs::read_to_string(part.sys.join("start"))?
+            .trim()
+            .parse::<u64>()?
+            * 512;
+        blockdev::resize_partition(&f, number, start, len).with_context(|| {
+            format!(
+                "telling the kernel {} is now {}",
+                self.path.display(),
+                human_size(len)
+            )
+        })?;
         self.size = blockdev::size_bytes(&self.file)?;
         if self.size != len {
-            bail!("{} is {} after resizing, expected {}", self.path.display(), self.size, len);
+            bail!(
+                "{} is {} after resizing, expected {}",
+                self.path.display(),
+                self.size,
+                len
+            );
         }
         Ok(())
     }
@@ -371,7 +432,10 @@ impl Target {
     fn partition_and_disk(&self) -> Result<(SysBlock, SysBlock)> {
         match &self.kind {
             TargetKind::Partition { part, disk } => Ok((part.clone(), disk.clone())),
-            _ => bail!("restoreexact needs a partition as target; {} is not one", self.path.display()),
+            _ => bail!(
+                "restoreexact needs a partition as target; {} is not one",
+                self.path.display()
+            ),
         }
     }
 }
@@ -387,7 +451,8 @@ fn open_disk_readonly(disk: &SysBlock) -> Result<(File, u64, u32)> {
 /// Refuses when any of `devs` appears as a mount source in mountinfo, or is
 /// an active swap area.
 fn check_not_mounted(display: &str, devs: &[SysBlock]) -> Result<()> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     for line in mountinfo.lines() {
         // Field 3 is the st_dev "major:minor" of the mounted filesystem,
         // field 5 its mount point (proc(5)).
@@ -399,7 +464,11 @@ fn check_not_mounted(display: &str, devs: &[SysBlock]) -> Result<()> {
         }
     }
     let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
-    for name in swaps.lines().skip(1).filter_map(|l| l.split_whitespace().next()) {
+    for name in swaps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+    {
         if let Ok(m) = std::fs::metadata(name)
             && m.file_type().is_block_device()
         {
@@ -419,7 +488,10 @@ fn unescape_mount(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {

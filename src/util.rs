@@ -12,14 +12,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                 'm' => 1 << 20,
                 'g' => 1 << 30,
                 't' => 1 << 40,
-                _ => return Err(format!("unknown size unit '{c}' in '{s}' (use b, k, m, g or t)")),
+                _ => {
+                    return Err(format!(
+                        "unknown size unit '{c}' in '{s}' (use b, k, m, g or t)"
+                    ));
+                }
             };
             (&t[..i], mult)
         }
         _ => (t, 1),
     };
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size (examples: 4096, 512k, 8m, 1g)"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size '{s}' is too large"))
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (examples: 4096, 512k, 8m, 1g)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' is too large"))
 }
 
 /// Binary-prefixed size with one decimal, e.g. "4.0 GiB".
@@ -31,7 +38,11 @@ pub fn human_size(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// A JSON string literal for `s`.

@@ -26,7 +26,7 @@ fn imagecreate_stores_only_used_blocks_of_a_gpt_disk() {
     make_gpt_disk(&disk, 256, 200, &files);
     // Old data in the ext4 free space must not be stored: fill it first.
     let rimg = dir.path().join("d.rimg");
-    let o = create(&disk, &rimg, &[]);
+    let o = create(&disk, &rimg, &["--verbose"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("partition 2"), "{out}");
@@ -37,16 +37,34 @@ fn imagecreate_stores_only_used_blocks_of_a_gpt_disk() {
     assert_eq!(m.table, format::TableKind::Gpt);
     assert_eq!(m.logical_size, 256 * MIB);
     // ~10 MiB of files plus metadata; far less than the 216 MiB of partitions.
-    assert!(m.stored_bytes() < 40 * MIB, "stored {} bytes", m.stored_bytes());
-    assert!(m.stored_bytes() > 10 * MIB, "stored {} bytes", m.stored_bytes());
+    assert!(
+        m.stored_bytes() < 40 * MIB,
+        "stored {} bytes",
+        m.stored_bytes()
+    );
+    assert!(
+        m.stored_bytes() > 10 * MIB,
+        "stored {} bytes",
+        m.stored_bytes()
+    );
     assert!(m.is_streaming_order());
     // The backup GPT at the disk's end is stored.
     assert!(m.extents.last().unwrap().target_end() == m.logical_size);
     let again = create(&disk, &rimg, &[]);
     assert_fails_with(&again, "already exists");
-    let forced = create(&disk, &rimg, &["--force", "--chunksize", "256k", "--level", "1"]);
+    let forced = create(
+        &disk,
+        &rimg,
+        &["--force", "--chunksize", "256k", "--level", "1"],
+    );
     assert!(forced.status.success(), "{}", stderr(&forced));
-    assert!(head_of(&rimg).manifest.extents.iter().all(|e| e.length <= 256 << 10));
+    assert!(
+        head_of(&rimg)
+            .manifest
+            .extents
+            .iter()
+            .all(|e| e.length <= 256 << 10)
+    );
 }
 
 #[test]
@@ -67,7 +85,15 @@ fn imagecreate_skips_zero_blocks_of_unknown_content() {
     assert_eq!(m.extents[0].length, 8192);
     assert_eq!(m.extents[1].target_offset, 30 * MIB);
     let out = dir.path().join("o.img");
-    let o = reimage(&["restore", "--source", s(&rimg), "--target", s(&out), "--erase", "--noprompt"]);
+    let o = reimage(&[
+        "restore",
+        "--source",
+        s(&rimg),
+        "--target",
+        s(&out),
+        "--erase",
+        "--noprompt",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(digest(&out), digest(&raw));
 }
@@ -82,7 +108,10 @@ fn imagescan_verifies_and_reorders_into_streaming_order() {
     let o = reimage(&["imagescan", s(&rimg)]);
     assert!(o.status.success(), "{}", stderr(&o));
     let digest_line = stdout(&o);
-    assert!(digest_line.contains(&format::hex(&head_of(&rimg).digest())), "{digest_line}");
+    assert!(
+        digest_line.contains(&format::hex(&head_of(&rimg).digest())),
+        "{digest_line}"
+    );
 
     // Rewrite the payloads in reverse order (a valid but non-streaming image).
     let head = head_of(&rimg);
@@ -104,7 +133,15 @@ fn imagescan_verifies_and_reorders_into_streaming_order() {
     assert!(!head_of(&shuffled).manifest.is_streaming_order());
     // Restoring works in any order...
     let t = dir.path().join("t.img");
-    let o = reimage(&["restore", "--source", s(&shuffled), "--target", s(&t), "--erase", "--noprompt"]);
+    let o = reimage(&[
+        "restore",
+        "--source",
+        s(&shuffled),
+        "--target",
+        s(&t),
+        "--erase",
+        "--noprompt",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_extents_match(&rimg, &part, &t);
     // ...and imagescan puts it back into streaming order.
@@ -117,7 +154,11 @@ fn imagescan_verifies_and_reorders_into_streaming_order() {
 
     // A flipped payload byte is found.
     let e = &fixed.manifest.extents[fixed.manifest.extents.len() / 2];
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(&shuffled).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&shuffled)
+        .unwrap();
     let at = fixed.manifest.payload_area + e.payload_offset + 3;
     let mut b = [0u8];
     f.read_exact_at(&mut b, at).unwrap();
@@ -132,22 +173,43 @@ fn imagescan_converts_raw_and_compressed_images() {
     let part = dir.path().join("p.img");
     make_ext4(&part, 32, &sample_files(dir.path(), 6));
     let gz = dir.path().join("q.img.gz");
-    sh("sh", &["-c", &format!("gzip -1 -c {} > {}", s(&part), s(&gz))]);
+    sh(
+        "sh",
+        &["-c", &format!("gzip -1 -c {} > {}", s(&part), s(&gz))],
+    );
     let o = reimage(&["imagescan", s(&gz)]);
     assert!(o.status.success(), "{}", stderr(&o));
     let made = dir.path().join("q.rimg");
     let m = head_of(&made).manifest;
-    assert_eq!(m.fs, format::FsKind::Ext, "conversion should see the filesystem");
+    assert_eq!(
+        m.fs,
+        format::FsKind::Ext,
+        "conversion should see the filesystem"
+    );
     let out_path = dir.path().join("explicit.rimg");
     let o = reimage(&["imagescan", s(&part), "--output", s(&out_path)]);
     assert!(o.status.success(), "{}", stderr(&o));
     for img in [&made, &out_path] {
         let t = dir.path().join("t.img");
         let _ = std::fs::remove_file(&t);
-        let o = reimage(&["restore", "--source", s(img), "--target", s(&t), "--erase", "--noprompt"]);
+        let o = reimage(&[
+            "restore",
+            "--source",
+            s(img),
+            "--target",
+            s(&t),
+            "--erase",
+            "--noprompt",
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         assert_extents_match(img, &part, &t);
         assert!(run("e2fsck", &["-fn", s(&t)]).status.success());
     }
-    assert!(!dir.path().read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".partial")));
+    assert!(
+        !dir.path()
+            .read_dir()
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+    );
 }

@@ -27,14 +27,33 @@ fn fixtures() -> &'static Fixtures {
         let disk = dir.join("disk.img");
         let (ext4_offset, ext4_len) = make_gpt_disk(&disk, 128, 96, &files);
         let disk_rimg = dir.join("disk.rimg");
-        let o = reimage(&["imagecreate", "--source", disk.to_str().unwrap(), "--image", disk_rimg.to_str().unwrap()]);
+        let o = reimage(&[
+            "imagecreate",
+            "--source",
+            disk.to_str().unwrap(),
+            "--image",
+            disk_rimg.to_str().unwrap(),
+        ]);
         assert!(o.status.success(), "imagecreate disk: {}", stderr(&o));
         let part = dir.join("part.img");
         make_ext4(&part, 64, &sample_files(&dir.join("small"), 8));
         let part_rimg = dir.join("part.rimg");
-        let o = reimage(&["imagecreate", "--source", part.to_str().unwrap(), "--image", part_rimg.to_str().unwrap()]);
+        let o = reimage(&[
+            "imagecreate",
+            "--source",
+            part.to_str().unwrap(),
+            "--image",
+            part_rimg.to_str().unwrap(),
+        ]);
         assert!(o.status.success(), "imagecreate part: {}", stderr(&o));
-        Fixtures { disk, disk_rimg, ext4_offset, ext4_len, part, part_rimg }
+        Fixtures {
+            disk,
+            disk_rimg,
+            ext4_offset,
+            ext4_len,
+            part,
+            part_rimg,
+        }
     })
 }
 
@@ -51,7 +70,15 @@ fn blank_loop(dir: &Path, name: &str, mib: u64) -> (PathBuf, Loop) {
 }
 
 fn restore_ok(source: &Path, target: &Path, extra: &[&str]) -> String {
-    let mut args = vec!["restore", "--source", s(source), "--target", s(target), "--erase", "--noprompt"];
+    let mut args = vec![
+        "restore",
+        "--source",
+        s(source),
+        "--target",
+        s(target),
+        "--erase",
+        "--noprompt",
+    ];
     args.extend_from_slice(extra);
     let o = reimage(&args);
     assert!(o.status.success(), "restore failed: {}", stderr(&o));
@@ -69,7 +96,10 @@ fn gpt_disk_round_trip_onto_larger_loop_device() {
     assert!(out.contains("Verifying"), "{out}");
     assert_extents_match(&f.disk_rimg, &f.disk, l.path());
     let v = sh("sgdisk", &["-v", &l.dev]);
-    assert!(v.contains("No problems found"), "backup GPT not relocated: {v}");
+    assert!(
+        v.contains("No problems found"),
+        "backup GPT not relocated: {v}"
+    );
     assert_fsck_clean(l.path(), f.ext4_offset, f.ext4_len);
     let p = sh("sgdisk", &["-i", "2", &l.dev]);
     assert!(p.contains("'root'"), "{p}");
@@ -105,20 +135,39 @@ fn raw_and_compressed_sources_round_trip() {
     let gz = dir.path().join("p.img.gz");
     let xz = dir.path().join("p.img.xz");
     let zst = dir.path().join("p.img.zst");
-    sh("sh", &["-c", &format!("gzip -1 -c {} > {}", s(raw), s(&gz))]);
-    sh("sh", &["-c", &format!("xz -0 -T2 -c {} > {}", s(raw), s(&xz))]);
+    sh(
+        "sh",
+        &["-c", &format!("gzip -1 -c {} > {}", s(raw), s(&gz))],
+    );
+    sh(
+        "sh",
+        &["-c", &format!("xz -0 -T2 -c {} > {}", s(raw), s(&xz))],
+    );
     sh("zstd", &["-q", "-1", s(raw), "-o", s(&zst)]);
     let want = digest(raw);
     for src in [raw.clone(), gz, xz, zst] {
         let (file, l) = blank_loop(dir.path(), "t.img", 64);
         // Old contents must not survive in the image's zero ranges.
-        sh("sh", &["-c", &format!("head -c 64M /dev/urandom > {}", s(&file))]);
+        sh(
+            "sh",
+            &["-c", &format!("head -c 64M /dev/urandom > {}", s(&file))],
+        );
         restore_ok(&src, l.path(), &[]);
-        assert_eq!(digest(l.path()), want, "restore from {} differs", src.display());
+        assert_eq!(
+            digest(l.path()),
+            want,
+            "restore from {} differs",
+            src.display()
+        );
         drop(l);
         let out = dir.path().join("out.img");
         restore_ok(&src, &out, &[]);
-        assert_eq!(digest(&out), want, "restore of {} to a file differs", src.display());
+        assert_eq!(
+            digest(&out),
+            want,
+            "restore of {} to a file differs",
+            src.display()
+        );
         std::fs::remove_file(&out).unwrap();
     }
 }
@@ -138,7 +187,15 @@ fn legacy_single_dash_spelling_restores() {
     let f = fixtures();
     let dir = scratch();
     let (_file, l) = blank_loop(dir.path(), "p.img", 64);
-    let o = reimage(&["-source", s(&f.part_rimg), "-target", &l.dev, "-erase", "-noprompt", "-noverify"]);
+    let o = reimage(&[
+        "-source",
+        s(&f.part_rimg),
+        "-target",
+        &l.dev,
+        "-erase",
+        "-noprompt",
+        "-noverify",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_fsck_clean(l.path(), 0, 64 * MIB);
     let o = reimage(&["-imagescan", s(&f.part_rimg)]);
@@ -152,7 +209,10 @@ fn puppetstrings_prints_one_event_per_line() {
     let dir = scratch();
     let out = dir.path().join("o.img");
     let text = restore_ok(&f.part_rimg, &out, &["--puppetstrings"]);
-    let progress: Vec<&str> = text.lines().filter(|l| l.starts_with("PROGRESS\t")).collect();
+    let progress: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("PROGRESS\t"))
+        .collect();
     assert!(!progress.is_empty(), "{text}");
     for line in &progress {
         let fields: Vec<&str> = line.split('\t').collect();
@@ -163,7 +223,11 @@ fn puppetstrings_prints_one_event_per_line() {
         assert!((0.0..=100.0).contains(&pct));
     }
     assert!(text.contains("FINISH\tverify"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("PROGRESS\trestore\t") && l.ends_with("\t100.0")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("PROGRESS\trestore\t") && l.ends_with("\t100.0")),
+        "{text}"
+    );
     let json = restore_ok(&f.part_rimg, &out, &["--puppetstrings", "--json"]);
     for line in json.lines() {
         assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
@@ -182,7 +246,15 @@ fn restoreexact_grows_the_target_partition_in_the_gpt() {
     let l = Loop::new(&disk);
     l.add_partitions();
     let p2 = format!("{}p2", l.dev);
-    let o = reimage(&["restoreexact", "--source", s(&f.part_rimg), "--target", &p2, "--erase", "--noprompt"]);
+    let o = reimage(&[
+        "restoreexact",
+        "--source",
+        s(&f.part_rimg),
+        "--target",
+        &p2,
+        "--erase",
+        "--noprompt",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let info = sh("sgdisk", &["-i", "2", &l.dev]);
     assert!(info.contains("Partition size: 131072 sectors"), "{info}");
@@ -197,11 +269,22 @@ fn restoreexact_refuses_before_writing_when_the_partition_cannot_grow() {
     let disk = dir.path().join("d.img");
     sh("truncate", &["-s", "96M", s(&disk)]);
     // Partition 3 right after 2 leaves no room to grow.
-    sh("sgdisk", &["-n1:2048:+16M", "-n2:0:+32M", "-n3:0:+32M", s(&disk)]);
+    sh(
+        "sgdisk",
+        &["-n1:2048:+16M", "-n2:0:+32M", "-n3:0:+32M", s(&disk)],
+    );
     let l = Loop::new(&disk);
     l.add_partitions();
     let before = digest(&disk);
-    let o = reimage(&["restoreexact", "--source", s(&f.part_rimg), "--target", &format!("{}p2", l.dev), "--erase", "--noprompt"]);
+    let o = reimage(&[
+        "restoreexact",
+        "--source",
+        s(&f.part_rimg),
+        "--target",
+        &format!("{}p2", l.dev),
+        "--erase",
+        "--noprompt",
+    ]);
     assert_fails_with(&o, "partition");
     assert_eq!(digest(&disk), before, "disk changed");
 }

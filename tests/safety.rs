@@ -22,14 +22,29 @@ fn fixtures() -> &'static Fixtures {
         let disk = dir.join("disk.img");
         make_gpt_disk(&disk, 64, 40, &files);
         let disk_rimg = dir.join("disk.rimg");
-        let o = reimage(&["imagecreate", "--source", s(&disk), "--image", s(&disk_rimg)]);
+        let o = reimage(&[
+            "imagecreate",
+            "--source",
+            s(&disk),
+            "--image",
+            s(&disk_rimg),
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let part = dir.join("part.img");
         make_ext4(&part, 32, &files);
         let part_rimg = dir.join("part.rimg");
-        let o = reimage(&["imagecreate", "--source", s(&part), "--image", s(&part_rimg)]);
+        let o = reimage(&[
+            "imagecreate",
+            "--source",
+            s(&part),
+            "--image",
+            s(&part_rimg),
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
-        Fixtures { disk_rimg, part_rimg }
+        Fixtures {
+            disk_rimg,
+            part_rimg,
+        }
     })
 }
 
@@ -41,7 +56,10 @@ fn s(p: &Path) -> &str {
 /// something.
 fn random_loop(dir: &Path, mib: u64) -> (PathBuf, Loop) {
     let f = dir.join("target.img");
-    sh("sh", &["-c", &format!("head -c {mib}M /dev/urandom > {}", s(&f))]);
+    sh(
+        "sh",
+        &["-c", &format!("head -c {mib}M /dev/urandom > {}", s(&f))],
+    );
     let l = Loop::new(&f);
     (f, l)
 }
@@ -119,7 +137,11 @@ fn target_held_open_exclusively_is_refused_and_unchanged() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()), &mut line).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
     assert_eq!(line.trim(), "held");
     let o = restore(&f.disk_rimg, &l.dev, &["--erase", "--noprompt"]);
     holder.kill().unwrap();
@@ -129,11 +151,19 @@ fn target_held_open_exclusively_is_refused_and_unchanged() {
 }
 
 /// Copies an image and damages it with `damage`.
-fn damaged(f: &Path, dir: &Path, damage: impl FnOnce(&std::fs::File, &reimage::image::format::ImageHead)) -> PathBuf {
+fn damaged(
+    f: &Path,
+    dir: &Path,
+    damage: impl FnOnce(&std::fs::File, &reimage::image::format::ImageHead),
+) -> PathBuf {
     let out = dir.join("bad.rimg");
     std::fs::copy(f, &out).unwrap();
     let head = head_of(&out);
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(&out).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&out)
+        .unwrap();
     damage(&file, &head);
     out
 }
@@ -184,8 +214,29 @@ fn failing_target_midway_is_erased_to_an_empty_gpt() {
     sh("mount", &["-t", "tmpfs", "-o", "size=6m", "tmpfs", s(&mnt)]);
     let backing = mnt.join("t.img");
     sh("truncate", &["-s", "64M", s(&backing)]);
-    sh("dd", &["if=/dev/urandom", &format!("of={}", s(&backing)), "bs=1M", "count=1", "conv=notrunc", "status=none"]);
-    sh("dd", &["if=/dev/urandom", &format!("of={}", s(&backing)), "bs=1M", "seek=63", "count=1", "conv=notrunc", "status=none"]);
+    sh(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", s(&backing)),
+            "bs=1M",
+            "count=1",
+            "conv=notrunc",
+            "status=none",
+        ],
+    );
+    sh(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", s(&backing)),
+            "bs=1M",
+            "seek=63",
+            "count=1",
+            "conv=notrunc",
+            "status=none",
+        ],
+    );
     let l = Loop::with(&backing, &[]);
     let o = restore(&f.disk_rimg, &l.dev, &["--erase", "--noprompt"]);
     let fails = o.status.code() == Some(1);
@@ -204,10 +255,19 @@ fn garbage_images_are_clear_errors_and_touch_nothing() {
     let dir = scratch();
     let (file, l) = random_loop(dir.path(), 64);
     let before = digest(&file);
-    let cases: Vec<(&str, Box<dyn Fn(&std::fs::File, &reimage::image::format::ImageHead)>)> = vec![
-        ("manifest digest mismatch", Box::new(|f, _| f.write_all_at(&[0xff], 70).unwrap())),
+    let cases: Vec<(
+        &str,
+        Box<dyn Fn(&std::fs::File, &reimage::image::format::ImageHead)>,
+    )> = vec![
+        (
+            "manifest digest mismatch",
+            Box::new(|f, _| f.write_all_at(&[0xff], 70).unwrap()),
+        ),
         ("version", Box::new(|f, _| f.write_all_at(&[9], 8).unwrap())),
-        ("corrupt image header", Box::new(|f, _| f.write_all_at(&u64::MAX.to_le_bytes(), 24).unwrap())),
+        (
+            "corrupt image header",
+            Box::new(|f, _| f.write_all_at(&u64::MAX.to_le_bytes(), 24).unwrap()),
+        ),
     ];
     for (needle, damage) in cases {
         let bad = damaged(&f.disk_rimg, dir.path(), damage);
@@ -215,8 +275,16 @@ fn garbage_images_are_clear_errors_and_touch_nothing() {
         assert_fails_with(&o, needle);
         assert_eq!(digest(&file), before, "{needle}: target changed");
     }
-    let o = restore(&dir.path().join("missing.rimg"), &l.dev, &["--erase", "--noprompt"]);
+    let o = restore(
+        &dir.path().join("missing.rimg"),
+        &l.dev,
+        &["--erase", "--noprompt"],
+    );
     assert_fails_with(&o, "missing.rimg");
-    let o = restore(&f.disk_rimg, "/dev/nonexistent-disk", &["--erase", "--noprompt"]);
+    let o = restore(
+        &f.disk_rimg,
+        "/dev/nonexistent-disk",
+        &["--erase", "--noprompt"],
+    );
     assert_fails_with(&o, "does not exist");
 }

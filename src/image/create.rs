@@ -31,7 +31,13 @@ pub struct CreateOptions {
 
 impl Default for CreateOptions {
     fn default() -> Self {
-        CreateOptions { chunk_size: 1 << 20, level: 3, name: None, force: false, workers: 0 }
+        CreateOptions {
+            chunk_size: 1 << 20,
+            level: 3,
+            name: None,
+            force: false,
+            workers: 0,
+        }
     }
 }
 
@@ -70,15 +76,29 @@ struct Packed {
     payload: Vec<u8>,
 }
 
-pub fn create(source: &Path, image: &Path, opts: &CreateOptions, progress: &dyn ProgressSink) -> Result<CreateReport> {
-    if opts.chunk_size == 0 || opts.chunk_size % BLOCK as u32 != 0 || opts.chunk_size > super::format::MAX_CHUNK_LEN {
+pub fn create(
+    source: &Path,
+    image: &Path,
+    opts: &CreateOptions,
+    progress: &dyn ProgressSink,
+) -> Result<CreateReport> {
+    if opts.chunk_size == 0
+        || opts.chunk_size % BLOCK as u32 != 0
+        || opts.chunk_size > super::format::MAX_CHUNK_LEN
+    {
         bail!("chunk size must be a multiple of 4 KiB up to 16 MiB");
     }
-    let meta = std::fs::metadata(source).with_context(|| format!("opening {}", source.display()))?;
-    let (file, _) = open_read_direct(source).with_context(|| format!("opening {}", source.display()))?;
+    let meta =
+        std::fs::metadata(source).with_context(|| format!("opening {}", source.display()))?;
+    let (file, _) =
+        open_read_direct(source).with_context(|| format!("opening {}", source.display()))?;
     let (size, sector, is_partition) = if meta.file_type().is_block_device() {
         let sys = crate::blockdev::SysBlock::of_node(source)?;
-        (crate::blockdev::size_bytes(&file)?, crate::blockdev::logical_sector_size(&file)?, sys.partition.is_some())
+        (
+            crate::blockdev::size_bytes(&file)?,
+            crate::blockdev::logical_sector_size(&file)?,
+            sys.partition.is_some(),
+        )
     } else if meta.is_file() {
         (meta.len(), 512, false)
     } else {
@@ -87,21 +107,31 @@ pub fn create(source: &Path, image: &Path, opts: &CreateOptions, progress: &dyn 
     if size == 0 {
         bail!("{} is empty", source.display());
     }
-    let plan = plan(&file, size, sector, opts.chunk_size, is_partition)?;
+    // Filesystem structures are read in small unaligned pieces, which
+    // O_DIRECT refuses: plan through a second, buffered descriptor.
+    let buffered =
+        std::fs::File::open(source).with_context(|| format!("opening {}", source.display()))?;
+    let plan = plan(&buffered, size, sector, opts.chunk_size, is_partition)?;
     for n in &plan.notes {
-        progress.note(n);
+        progress.detail(n);
     }
     let name = opts.name.clone().unwrap_or_else(|| default_name(image));
     let mut writer = ImageWriter::create(image, plan.chunks.len(), name.len(), opts.force)?;
     let total: u64 = plan.chunks.iter().map(|c| u64::from(c.len)).sum();
     progress.start(Phase::Create, total);
 
-    let workers = if opts.workers == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { opts.workers };
+    let workers = if opts.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        opts.workers
+    };
     // Slots in flight bound memory: each holds one chunk and its payload.
     let slots = workers * 3;
     let (free_tx, free_rx) = bounded::<AlignedBuf>(slots);
     for _ in 0..slots {
-        free_tx.send(AlignedBuf::new(opts.chunk_size as usize)).expect("pool has room");
+        free_tx
+            .send(AlignedBuf::new(opts.chunk_size as usize))
+            .expect("pool has room");
     }
     let (work_tx, work_rx) = bounded::<(usize, PlannedChunk, AlignedBuf)>(slots);
     let (done_tx, done_rx) = bounded::<Result<(usize, Option<Packed>, AlignedBuf)>>(slots + 1);
@@ -166,7 +196,11 @@ pub fn create(source: &Path, image: &Path, opts: &CreateOptions, progress: &dyn 
             }
         }
         if next != plan.chunks.len() {
-            bail!("internal: {} of {} chunks were packed", next, plan.chunks.len());
+            bail!(
+                "internal: {} of {} chunks were packed",
+                next,
+                plan.chunks.len()
+            );
         }
         Ok(stored)
     })?;
@@ -179,32 +213,54 @@ pub fn create(source: &Path, image: &Path, opts: &CreateOptions, progress: &dyn 
         content: plan.content,
         table: plan.table,
         fs: plan.fs,
-        created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
         name,
         payload_area: 0,
         extents: Vec::new(),
     };
     let (extents, payload) = (writer.extent_count(), writer.payload_len());
     let digest = writer.finish(manifest)?;
-    Ok(CreateReport { digest, logical_size: size, stored, payload, extents, notes: plan.notes })
+    Ok(CreateReport {
+        digest,
+        logical_size: size,
+        stored,
+        payload,
+        extents,
+        notes: plan.notes,
+    })
 }
 
 /// The image file's name without `.rimg`, as the manifest's default name.
 fn default_name(image: &Path) -> String {
-    let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     stem.chars().take(super::format::MAX_NAME_LEN / 4).collect()
 }
 
 /// Reads `len` bytes at `offset` into the aligned `buf`. Reads past the
 /// source's end are an error: the plan only covers bytes that exist.
-fn read_exact_direct(file: &std::fs::File, buf: &mut AlignedBuf, offset: u64, len: usize) -> std::io::Result<()> {
+fn read_exact_direct(
+    file: &std::fs::File,
+    buf: &mut AlignedBuf,
+    offset: u64,
+    len: usize,
+) -> std::io::Result<()> {
     let mut got = 0;
     // O_DIRECT wants sector-multiple lengths; the last chunk of an odd-sized
     // file reads short, which is fine as long as `len` bytes arrive.
     let want = len.next_multiple_of(512).min(buf.len());
     while got < len {
         match file.read_at(&mut buf[got..want], offset + got as u64) {
-            Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("source ends before byte {}", offset + len as u64))),
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("source ends before byte {}", offset + len as u64),
+                ));
+            }
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -215,20 +271,36 @@ fn read_exact_direct(file: &std::fs::File, buf: &mut AlignedBuf, offset: u64, le
 
 /// Compresses one chunk. Scanned (non-exact) chunks are trimmed to their
 /// first and last non-zero block, or dropped when all zero.
-fn pack(c: &PlannedChunk, buf: &[u8], cctx: &mut zstd::bulk::Compressor<'_>) -> Result<Option<Packed>> {
+fn pack(
+    c: &PlannedChunk,
+    buf: &[u8],
+    cctx: &mut zstd::bulk::Compressor<'_>,
+) -> Result<Option<Packed>> {
     let mut data = &buf[..c.len as usize];
     let mut offset = c.offset;
     if !c.exact {
         let block = BLOCK as usize;
         let nonzero = |i: &usize| !is_zero(&data[i * block..((i + 1) * block).min(data.len())]);
         let blocks = data.len().div_ceil(block);
-        let Some(first) = (0..blocks).find(nonzero) else { return Ok(None) };
+        let Some(first) = (0..blocks).find(nonzero) else {
+            return Ok(None);
+        };
         let last = (0..blocks).rev().find(nonzero).unwrap_or(first);
         data = &data[first * block..((last + 1) * block).min(data.len())];
         offset += (first * block) as u64;
     }
     let digest = *blake3::hash(data).as_bytes();
     let compressed = cctx.compress(data)?;
-    let (codec, payload) = if compressed.len() < data.len() { (Codec::Zstd, compressed) } else { (Codec::Stored, data.to_vec()) };
-    Ok(Some(Packed { offset, len: data.len() as u32, codec, digest, payload }))
+    let (codec, payload) = if compressed.len() < data.len() {
+        (Codec::Zstd, compressed)
+    } else {
+        (Codec::Stored, data.to_vec())
+    };
+    Ok(Some(Packed {
+        offset,
+        len: data.len() as u32,
+        codec,
+        digest,
+        payload,
+    }))
 }

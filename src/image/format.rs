@@ -165,7 +165,11 @@ impl Header {
             )));
         }
         let manifest_digest = c.array()?;
-        Ok(Header { version_minor: minor, manifest_len, manifest_digest })
+        Ok(Header {
+            version_minor: minor,
+            manifest_len,
+            manifest_digest,
+        })
     }
 }
 
@@ -213,7 +217,13 @@ impl Manifest {
     pub fn encode(&self) -> Vec<u8> {
         let name = self.name.as_bytes();
         let mut b = Vec::with_capacity(
-            MANIFEST_FIXED_LEN + 8 + 2 + name.len() + 8 + 4 + self.extents.len() * EXTENT_RECORD_LEN,
+            MANIFEST_FIXED_LEN
+                + 8
+                + 2
+                + name.len()
+                + 8
+                + 4
+                + self.extents.len() * EXTENT_RECORD_LEN,
         );
         b.extend_from_slice(&self.logical_size.to_le_bytes());
         b.extend_from_slice(&self.sector_size.to_le_bytes());
@@ -243,11 +253,15 @@ impl Manifest {
         let logical_size = c.u64()?;
         let sector_size = c.u32()?;
         if !sector_size.is_power_of_two() || !(512..=65536).contains(&sector_size) {
-            return Err(manifest_err(format!("sector size {sector_size} is not a power of two in 512..65536")));
+            return Err(manifest_err(format!(
+                "sector size {sector_size} is not a power of two in 512..65536"
+            )));
         }
         let chunk_size = c.u32()?;
         if chunk_size == 0 || chunk_size > MAX_CHUNK_LEN {
-            return Err(manifest_err(format!("chunk size {chunk_size} out of range")));
+            return Err(manifest_err(format!(
+                "chunk size {chunk_size} out of range"
+            )));
         }
         let [content, table, fs, reserved] = c.array()?;
         let content = match content {
@@ -274,7 +288,9 @@ impl Manifest {
         let created = c.u64()?;
         let name_len = usize::from(c.u16()?);
         if name_len > MAX_NAME_LEN {
-            return Err(manifest_err(format!("name of {name_len} bytes is too long")));
+            return Err(manifest_err(format!(
+                "name of {name_len} bytes is too long"
+            )));
         }
         let name = std::str::from_utf8(c.take(name_len)?)
             .map_err(|_| manifest_err("name is not UTF-8"))?
@@ -301,7 +317,14 @@ impl Manifest {
                 v => return Err(manifest_err(format!("extent {i}: unknown codec {v}"))),
             };
             let digest = c.array()?;
-            extents.push(Extent { target_offset, length, payload_offset, payload_len, codec, digest });
+            extents.push(Extent {
+                target_offset,
+                length,
+                payload_offset,
+                payload_len,
+                codec,
+                digest,
+            });
         }
         let m = Manifest {
             logical_size,
@@ -323,7 +346,10 @@ impl Manifest {
         let mut prev_end = 0u64;
         for (i, e) in self.extents.iter().enumerate() {
             if e.length == 0 || e.length > self.chunk_size {
-                return Err(manifest_err(format!("extent {i}: length {} out of range", e.length)));
+                return Err(manifest_err(format!(
+                    "extent {i}: length {} out of range",
+                    e.length
+                )));
             }
             let end = e.target_offset.checked_add(u64::from(e.length));
             if e.target_offset < prev_end || end.is_none_or(|end| end > self.logical_size) {
@@ -335,20 +361,37 @@ impl Manifest {
             prev_end = e.target_offset + u64::from(e.length);
             let bad_payload = match e.codec {
                 Codec::Stored => e.payload_len != e.length,
-                Codec::Zstd => e.payload_len == 0 || e.payload_len as usize > zstd::zstd_safe::compress_bound(e.length as usize),
+                Codec::Zstd => {
+                    e.payload_len == 0
+                        || e.payload_len as usize
+                            > zstd::zstd_safe::compress_bound(e.length as usize)
+                }
             };
             if bad_payload {
-                return Err(manifest_err(format!("extent {i}: payload length {} impossible", e.payload_len)));
+                return Err(manifest_err(format!(
+                    "extent {i}: payload length {} impossible",
+                    e.payload_len
+                )));
             }
-            if e.payload_offset.checked_add(u64::from(e.payload_len)).is_none() {
-                return Err(manifest_err(format!("extent {i}: payload offset overflows")));
+            if e.payload_offset
+                .checked_add(u64::from(e.payload_len))
+                .is_none()
+            {
+                return Err(manifest_err(format!(
+                    "extent {i}: payload offset overflows"
+                )));
             }
         }
         // Payloads may be stored in any order, but must not share bytes.
         let mut spans: Vec<(u64, u64)> = self
             .extents
             .iter()
-            .map(|e| (e.payload_offset, e.payload_offset + u64::from(e.payload_len)))
+            .map(|e| {
+                (
+                    e.payload_offset,
+                    e.payload_offset + u64::from(e.payload_len),
+                )
+            })
             .collect();
         spans.sort_unstable();
         if spans.windows(2).any(|w| w[1].0 < w[0].1) {
@@ -375,7 +418,11 @@ impl Manifest {
 
     /// Bytes of payload after the manifest.
     pub fn payload_bytes(&self) -> u64 {
-        self.extents.iter().map(|e| e.payload_offset + u64::from(e.payload_len)).max().unwrap_or(0)
+        self.extents
+            .iter()
+            .map(|e| e.payload_offset + u64::from(e.payload_len))
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -410,7 +457,8 @@ pub fn read_head(r: &mut impl Read) -> anyhow::Result<ImageHead> {
     read_full(r, &mut hb)?;
     let header = Header::decode(&hb)?;
     let mut manifest_bytes = Vec::new();
-    r.take(header.manifest_len).read_to_end(&mut manifest_bytes)?;
+    r.take(header.manifest_len)
+        .read_to_end(&mut manifest_bytes)?;
     if manifest_bytes.len() as u64 != header.manifest_len {
         return Err(FormatError::Manifest("truncated".into()).into());
     }
@@ -421,14 +469,22 @@ pub fn read_head(r: &mut impl Read) -> anyhow::Result<ImageHead> {
     let head_end = HEADER_LEN as u64 + header.manifest_len;
     let padding = manifest.payload_area.checked_sub(head_end);
     if padding.is_none_or(|p| p > MAX_PADDING) {
-        return Err(manifest_err(format!("payload area at {} does not follow the manifest", manifest.payload_area)).into());
+        return Err(manifest_err(format!(
+            "payload area at {} does not follow the manifest",
+            manifest.payload_area
+        ))
+        .into());
     }
     // Skip the padding so the reader sits at the payload area.
     let padding = padding.unwrap_or(0);
     if std::io::copy(&mut r.take(padding), &mut std::io::sink())? != padding {
         return Err(manifest_err("truncated before the payload area").into());
     }
-    Ok(ImageHead { header, manifest, manifest_bytes })
+    Ok(ImageHead {
+        header,
+        manifest,
+        manifest_bytes,
+    })
 }
 
 /// `read_exact` that reports a short file as a format problem, not an I/O one.
@@ -454,7 +510,11 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> anyhow::Result<()> {
 /// Serializes a complete head for a manifest whose `payload_area` is set.
 pub fn encode_head(manifest: &Manifest) -> Vec<u8> {
     let mb = manifest.encode();
-    let header = Header { version_minor: VERSION_MINOR, manifest_len: mb.len() as u64, manifest_digest: manifest_digest(&mb) };
+    let header = Header {
+        version_minor: VERSION_MINOR,
+        manifest_len: mb.len() as u64,
+        manifest_digest: manifest_digest(&mb),
+    };
     let mut out = header.encode().to_vec();
     out.extend_from_slice(&mb);
     out
@@ -483,8 +543,22 @@ mod tests {
             name: "lab".into(),
             payload_area: 0,
             extents: vec![
-                Extent { target_offset: 0, length: 4096, payload_offset: 0, payload_len: 4096, codec: Codec::Stored, digest: [1; 32] },
-                Extent { target_offset: 65536, length: 65536, payload_offset: 4096, payload_len: 100, codec: Codec::Zstd, digest: [2; 32] },
+                Extent {
+                    target_offset: 0,
+                    length: 4096,
+                    payload_offset: 0,
+                    payload_len: 4096,
+                    codec: Codec::Stored,
+                    digest: [1; 32],
+                },
+                Extent {
+                    target_offset: 65536,
+                    length: 65536,
+                    payload_offset: 4096,
+                    payload_len: 100,
+                    codec: Codec::Zstd,
+                    digest: [2; 32],
+                },
             ],
         };
         m.payload_area = head_len(m.name.len(), m.extents.len());
@@ -506,7 +580,10 @@ mod tests {
     fn every_truncation_is_an_error() {
         let head = encode_head(&sample());
         for n in 0..head.len() {
-            assert!(read_head(&mut &head[..n]).is_err(), "prefix of {n} bytes accepted");
+            assert!(
+                read_head(&mut &head[..n]).is_err(),
+                "prefix of {n} bytes accepted"
+            );
         }
     }
 
@@ -517,7 +594,10 @@ mod tests {
         for i in (0..head.len()).filter(|i| !(10..12).contains(i)) {
             let mut bad = head.clone();
             bad[i] ^= 0x5a;
-            assert!(read_head(&mut &bad[..]).is_err(), "flip at byte {i} accepted");
+            assert!(
+                read_head(&mut &bad[..]).is_err(),
+                "flip at byte {i} accepted"
+            );
         }
     }
 
@@ -549,7 +629,12 @@ mod tests {
         let mut bytes = sample().encode();
         let count_at = bytes.len() - 2 * EXTENT_RECORD_LEN - 4;
         bytes[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(Manifest::decode(&bytes).unwrap_err().to_string().contains("extents need"));
+        assert!(
+            Manifest::decode(&bytes)
+                .unwrap_err()
+                .to_string()
+                .contains("extents need")
+        );
     }
 
     #[test]
@@ -579,7 +664,10 @@ mod tests {
         let mut head = encode_head(&sample());
         head[8] = 2;
         assert_eq!(
-            read_head(&mut &head[..]).unwrap_err().downcast::<FormatError>().unwrap(),
+            read_head(&mut &head[..])
+                .unwrap_err()
+                .downcast::<FormatError>()
+                .unwrap(),
             FormatError::Version(2, 0)
         );
     }

@@ -58,7 +58,13 @@ fn fs_name(t: FsType) -> &'static str {
 /// Plans a capture of the `size` bytes of `dev`. `is_partition` says the
 /// source is a partition device, so a missing filesystem still means
 /// "one partition" rather than "a raw disk".
-pub fn plan(dev: &impl FileExt, size: u64, sector: u32, chunk_size: u32, is_partition: bool) -> Result<Plan> {
+pub fn plan(
+    dev: &impl FileExt,
+    size: u64,
+    sector: u32,
+    chunk_size: u32,
+    is_partition: bool,
+) -> Result<Plan> {
     let mut notes = Vec::new();
     let mut exact: Vec<Range<u64>> = Vec::new();
     let mut free: Vec<Range<u64>> = Vec::new();
@@ -69,11 +75,17 @@ pub fn plan(dev: &impl FileExt, size: u64, sector: u32, chunk_size: u32, is_part
                 let what = format!("partition {} ({})", p.number, p.type_name);
                 match fsmap::probe(dev, p.start, p.len) {
                     Ok(Some(map)) => {
-                        notes.push(format!("{what}: {} filesystem, {} used", fs_name(map.fs), used_share(&map.used, p.len)));
+                        notes.push(format!(
+                            "{what}: {} filesystem, {} used",
+                            fs_name(map.fs),
+                            used_share(&map.used, p.len)
+                        ));
                         free.push(p.start..p.start + p.len);
                         exact.extend(map.used.iter().map(|r| p.start + r.start..p.start + r.end));
                     }
-                    Ok(None) => notes.push(format!("{what}: unknown filesystem, storing its non-zero blocks")),
+                    Ok(None) => notes.push(format!(
+                        "{what}: unknown filesystem, storing its non-zero blocks"
+                    )),
                     Err(e) => notes.push(format!("{what}: {e:#}; storing its non-zero blocks")),
                 }
             }
@@ -85,7 +97,11 @@ pub fn plan(dev: &impl FileExt, size: u64, sector: u32, chunk_size: u32, is_part
         }
         None => match fsmap::probe(dev, 0, size) {
             Ok(Some(map)) => {
-                notes.push(format!("{} filesystem, {} used", fs_name(map.fs), used_share(&map.used, size)));
+                notes.push(format!(
+                    "{} filesystem, {} used",
+                    fs_name(map.fs),
+                    used_share(&map.used, size)
+                ));
                 free.push(0..size);
                 exact = map.used;
                 (Content::Partition, TableKind::None, fs_kind(map.fs))
@@ -94,9 +110,15 @@ pub fn plan(dev: &impl FileExt, size: u64, sector: u32, chunk_size: u32, is_part
                 if let Err(e) = other {
                     notes.push(format!("{e:#}; storing non-zero blocks"));
                 } else {
-                    notes.push("no partition table or known filesystem: storing non-zero blocks".into());
+                    notes.push(
+                        "no partition table or known filesystem: storing non-zero blocks".into(),
+                    );
                 }
-                let content = if is_partition { Content::Partition } else { Content::Raw };
+                let content = if is_partition {
+                    Content::Partition
+                } else {
+                    Content::Raw
+                };
                 (content, TableKind::None, FsKind::Unknown)
             }
         },
@@ -110,15 +132,38 @@ pub fn plan(dev: &impl FileExt, size: u64, sector: u32, chunk_size: u32, is_part
     let known = normalize(exact.iter().cloned().chain(free).collect());
     let scan = align_out(subtract(std::slice::from_ref(&(0..size)), &known), size);
     let scan = subtract(&scan, &exact);
-    let mut regions: Vec<(Range<u64>, bool)> = exact.into_iter().map(|r| (r, true)).chain(scan.into_iter().map(|r| (r, false))).collect();
+    let mut regions: Vec<(Range<u64>, bool)> = exact
+        .into_iter()
+        .map(|r| (r, true))
+        .chain(scan.into_iter().map(|r| (r, false)))
+        .collect();
     regions.sort_by_key(|(r, _)| r.start);
-    let chunks = regions.iter().flat_map(|(r, ex)| split(r.clone(), u64::from(chunk_size)).map(move |c| PlannedChunk { offset: c.start, len: (c.end - c.start) as u32, exact: *ex })).collect();
-    Ok(Plan { content, table, fs, chunks, notes })
+    let chunks = regions
+        .iter()
+        .flat_map(|(r, ex)| {
+            split(r.clone(), u64::from(chunk_size)).map(move |c| PlannedChunk {
+                offset: c.start,
+                len: (c.end - c.start) as u32,
+                exact: *ex,
+            })
+        })
+        .collect();
+    Ok(Plan {
+        content,
+        table,
+        fs,
+        chunks,
+        notes,
+    })
 }
 
 fn used_share(used: &[Range<u64>], len: u64) -> String {
     let bytes: u64 = used.iter().map(|r| r.end - r.start).sum();
-    format!("{} of {}", crate::util::human_size(bytes), crate::util::human_size(len))
+    format!(
+        "{} of {}",
+        crate::util::human_size(bytes),
+        crate::util::human_size(len)
+    )
 }
 
 /// Sorts and merges overlapping or touching ranges; drops empty ones.
@@ -137,7 +182,11 @@ fn normalize(mut v: Vec<Range<u64>>) -> Vec<Range<u64>> {
 
 /// Widens every range to BLOCK boundaries (clipped to `size`) and merges.
 fn align_out(v: Vec<Range<u64>>, size: u64) -> Vec<Range<u64>> {
-    normalize(v.into_iter().map(|r| r.start / BLOCK * BLOCK..r.end.next_multiple_of(BLOCK).min(size)).collect())
+    normalize(
+        v.into_iter()
+            .map(|r| r.start / BLOCK * BLOCK..r.end.next_multiple_of(BLOCK).min(size))
+            .collect(),
+    )
 }
 
 /// Merges ranges separated by at most `gap` bytes. Input is normalized.
@@ -199,11 +248,20 @@ mod tests {
     #[allow(clippy::single_range_in_vec_init)]
     fn interval_helpers() {
         assert_eq!(normalize(vec![5..7, 0..2, 1..3, 9..9]), vec![0..3, 5..7]);
-        assert_eq!(subtract(&[0..100], &[10..20, 30..40, 90..120]), vec![0..10, 20..30, 40..90]);
+        assert_eq!(
+            subtract(&[0..100], &[10..20, 30..40, 90..120]),
+            vec![0..10, 20..30, 40..90]
+        );
         assert_eq!(subtract(&[0..10, 20..30], &[5..25]), vec![0..5, 25..30]);
         assert_eq!(align_out(vec![100..5000], 6000), vec![0..6000]);
-        assert_eq!(merge_close(vec![0..10, 15..20, 100..110], 5), vec![0..20, 100..110]);
-        assert_eq!(split(100..350, 100).collect::<Vec<_>>(), vec![100..200, 200..300, 300..350]);
+        assert_eq!(
+            merge_close(vec![0..10, 15..20, 100..110], 5),
+            vec![0..20, 100..110]
+        );
+        assert_eq!(
+            split(100..350, 100).collect::<Vec<_>>(),
+            vec![100..200, 200..300, 300..350]
+        );
         assert_eq!(split(0..0, 100).count(), 0);
     }
 

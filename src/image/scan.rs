@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::create::{CreateOptions, create};
-use super::format::{Codec, Digest, ImageHead, read_head};
+use super::format::{Digest, ImageHead};
 use super::writer::ImageWriter;
 use crate::io::{DirectReader, is_zero, open_read_direct};
 use crate::progress::{Phase, ProgressSink};
-use crate::source::{Sniffed, read_full, sniff};
+use crate::source::{ChunkSource, Piece, PreparedSource, Slot, Sniffed, sniff, unpack_extent};
 
 #[derive(Debug, Clone, Default)]
 pub struct ScanOptions {
@@ -34,7 +34,9 @@ pub struct ScanReport {
 
 pub fn scan(path: &Path, opts: &ScanOptions, progress: &dyn ProgressSink) -> Result<ScanReport> {
     let mut magic = [0u8; 8];
-    let n = File::open(path).with_context(|| format!("opening {}", path.display()))?.read(&mut magic)?;
+    let n = File::open(path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .read(&mut magic)?;
     match sniff(&magic[..n]) {
         Sniffed::Prepared => scan_prepared(path, progress),
         kind => {
@@ -50,14 +52,21 @@ pub fn scan(path: &Path, opts: &ScanOptions, progress: &dyn ProgressSink) -> Res
             } else {
                 convert_compressed(path, &out, opts, progress)?
             };
-            Ok(ScanReport { digest, image: out, reordered: false })
+            Ok(ScanReport {
+                digest,
+                image: out,
+                reordered: false,
+            })
         }
     }
 }
 
 /// `disk.img.gz` → `disk.rimg`, `disk.raw` → `disk.rimg`.
 fn default_output(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     for ext in [".gz", ".xz", ".zst", ".img", ".raw"] {
         if let Some(s) = name.strip_suffix(ext) {
             name = s.to_owned();
@@ -69,19 +78,27 @@ fn default_output(path: &Path) -> PathBuf {
 /// Decompresses into a sparse scratch file beside the output (zero blocks
 /// become holes), then captures that like any raw disk, so the prepared
 /// image gets the filesystem-aware block map too.
-fn convert_compressed(path: &Path, out: &Path, opts: &ScanOptions, progress: &dyn ProgressSink) -> Result<Digest> {
+fn convert_compressed(
+    path: &Path,
+    out: &Path,
+    opts: &ScanOptions,
+    progress: &dyn ProgressSink,
+) -> Result<Digest> {
     let mut scratch = out.as_os_str().to_owned();
     scratch.push(".raw.partial");
     let scratch = PathBuf::from(scratch);
     let result = (|| {
         let mut src = crate::source::open(&path.to_string_lossy(), 1 << 20)?;
         let len = src.info().source_len.unwrap_or(0);
-        let file = File::create(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+        let file =
+            File::create(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
         progress.start(Phase::Scan, len);
         let mut slot = crate::source::Slot::new(1 << 20);
         let mut end = 0u64;
         while let Some(piece) = src.next_piece(&mut slot)? {
-            let crate::source::Piece::Raw { offset, len: n } = piece else { bail!("internal: compressed source gave an extent") };
+            let crate::source::Piece::Raw { offset, len: n } = piece else {
+                bail!("internal: compressed source gave an extent")
+            };
             if !is_zero(&slot.data[..n]) {
                 file.write_all_at(&slot.data[..n], offset)?;
             }
@@ -100,47 +117,35 @@ fn convert_compressed(path: &Path, out: &Path, opts: &ScanOptions, progress: &dy
 /// order when its payloads are out of target order.
 fn scan_prepared(path: &Path, progress: &dyn ProgressSink) -> Result<ScanReport> {
     let (file, direct) = open_read_direct(path)?;
-    let mut reader = DirectReader::new(file, direct, crate::source::READ_BLOCK);
-    let head = read_head(&mut reader).with_context(|| format!("reading {}", path.display()))?;
+    let reader = DirectReader::new(file, direct, crate::source::READ_BLOCK);
+    let mut src = PreparedSource::new(path, reader)?;
+    let head = src.info().head.clone().expect("prepared source has a head");
     let m = &head.manifest;
-    let mut order: Vec<usize> = (0..m.extents.len()).collect();
-    order.sort_by_key(|&i| m.extents[i].payload_offset);
     let total = m.payload_bytes();
     progress.start(Phase::Scan, total);
     let mut dctx = zstd::bulk::Decompressor::new()?;
-    let mut payload = Vec::new();
-    let mut data = vec![0u8; m.chunk_size as usize];
-    for &i in &order {
-        let e = &m.extents[i];
-        reader.skip_to(m.payload_area + e.payload_offset)?;
-        payload.resize(e.payload_len as usize, 0);
-        if read_full(&mut reader, &mut payload)? < payload.len() {
-            bail!("{} is truncated: extent {i} is missing payload bytes", path.display());
-        }
-        let len = e.length as usize;
-        let bytes: &[u8] = match e.codec {
-            Codec::Stored => &payload,
-            Codec::Zstd => {
-                let n = dctx
-                    .decompress_to_buffer(&payload[..], &mut data[..len])
-                    .map_err(|err| anyhow::anyhow!("extent {i} at byte {}: payload does not decompress ({err})", e.target_offset))?;
-                if n != len {
-                    bail!("extent {i} at byte {}: payload decompresses to {n} bytes, expected {len}", e.target_offset);
-                }
-                &data[..len]
-            }
+    let mut slot = Slot::new(m.chunk_size as usize);
+    while let Some(piece) = src.next_piece(&mut slot)? {
+        let Piece::Extent(i) = piece else {
+            bail!("internal: prepared source gave raw bytes")
         };
-        if blake3::hash(bytes).as_bytes() != &e.digest {
-            bail!("extent {i} at byte {}: digest mismatch; the image is corrupt", e.target_offset);
-        }
-        progress.update(Phase::Scan, e.payload_offset + u64::from(e.payload_len), total);
+        unpack_extent(m, i, &mut slot, &mut dctx)?;
+        progress.update(Phase::Scan, src.position() - m.payload_area, total);
     }
     progress.finish(Phase::Scan);
     if m.is_streaming_order() {
-        return Ok(ScanReport { digest: head.digest(), image: path.to_owned(), reordered: false });
+        return Ok(ScanReport {
+            digest: head.digest(),
+            image: path.to_owned(),
+            reordered: false,
+        });
     }
     let digest = rewrite_in_order(path, &head)?;
-    Ok(ScanReport { digest, image: path.to_owned(), reordered: true })
+    Ok(ScanReport {
+        digest,
+        image: path.to_owned(),
+        reordered: true,
+    })
 }
 
 /// Copies payloads into a new file in target order and renames it over

@@ -26,9 +26,17 @@ const PAYLOAD_ALIGN: u64 = 4096;
 impl ImageWriter {
     /// `max_extents` bounds how many extents will be pushed and `name_len`
     /// is the image name's length: together they size the reserved head.
-    pub fn create(path: &Path, max_extents: usize, name_len: usize, overwrite: bool) -> Result<ImageWriter> {
+    pub fn create(
+        path: &Path,
+        max_extents: usize,
+        name_len: usize,
+        overwrite: bool,
+    ) -> Result<ImageWriter> {
         if !overwrite && path.exists() {
-            bail!("{} already exists (pass --force to replace it)", path.display());
+            bail!(
+                "{} already exists (pass --force to replace it)",
+                path.display()
+            );
         }
         let mut partial = path.as_os_str().to_owned();
         partial.push(".partial");
@@ -41,10 +49,24 @@ impl ImageWriter {
             .open(&partial)
             .with_context(|| format!("creating {}", partial.display()))?;
         let payload_area = format::head_len(name_len, max_extents).next_multiple_of(PAYLOAD_ALIGN);
-        Ok(ImageWriter { file, partial, path: path.to_owned(), payload_area, next_payload: 0, extents: Vec::with_capacity(max_extents) })
+        Ok(ImageWriter {
+            file,
+            partial,
+            path: path.to_owned(),
+            payload_area,
+            next_payload: 0,
+            extents: Vec::with_capacity(max_extents),
+        })
     }
 
-    pub fn push(&mut self, target_offset: u64, length: u32, codec: Codec, digest: Digest, payload: &[u8]) -> Result<()> {
+    pub fn push(
+        &mut self,
+        target_offset: u64,
+        length: u32,
+        codec: Codec,
+        digest: Digest,
+        payload: &[u8],
+    ) -> Result<()> {
         self.file
             .write_all_at(payload, self.payload_area + self.next_payload)
             .with_context(|| format!("writing {}", self.partial.display()))?;
@@ -76,7 +98,11 @@ impl ImageWriter {
         manifest.extents = std::mem::take(&mut self.extents);
         let head = format::encode_head(&manifest);
         if head.len() as u64 > self.payload_area {
-            bail!("internal: manifest of {} bytes exceeds the {} reserved", head.len(), self.payload_area);
+            bail!(
+                "internal: manifest of {} bytes exceeds the {} reserved",
+                head.len(),
+                self.payload_area
+            );
         }
         // Zero the padding explicitly: the file may be reused by --force.
         let mut block = head;
@@ -84,7 +110,8 @@ impl ImageWriter {
         self.file.write_all_at(&block, 0)?;
         self.file.set_len(self.payload_area + self.next_payload)?;
         self.file.sync_all()?;
-        std::fs::rename(&self.partial, &self.path).with_context(|| format!("renaming to {}", self.path.display()))?;
+        std::fs::rename(&self.partial, &self.path)
+            .with_context(|| format!("renaming to {}", self.path.display()))?;
         self.partial.clear();
         Ok(format::manifest_digest(&manifest.encode()))
     }

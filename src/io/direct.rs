@@ -10,7 +10,11 @@ use super::{AlignedBuf, IO_ALIGN};
 /// images through the page cache is 3-10x slower on VMs whose idle cache is
 /// paged out, so direct reads are worth a fallback path.
 pub fn open_read_direct(path: &Path) -> io::Result<(File, bool)> {
-    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
         Ok(f) => Ok((f, true)),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             Ok((std::fs::OpenOptions::new().read(true).open(path)?, false))
@@ -37,7 +41,14 @@ pub struct DirectReader {
 impl DirectReader {
     /// `block` is the read size in bytes (rounded up to IO_ALIGN).
     pub fn new(file: File, direct: bool, block: usize) -> DirectReader {
-        DirectReader { file, buf: AlignedBuf::new(block), buf_offset: 0, filled: 0, pos: 0, direct }
+        DirectReader {
+            file,
+            buf: AlignedBuf::new(block),
+            buf_offset: 0,
+            filled: 0,
+            pos: 0,
+            direct,
+        }
     }
 
     /// Bytes consumed so far (the logical read position).
@@ -49,7 +60,9 @@ impl DirectReader {
     pub fn skip_to(&mut self, offset: u64) -> io::Result<()> {
         let here = self.position();
         if offset < here {
-            return Err(io::Error::other("internal: DirectReader cannot seek backwards"));
+            return Err(io::Error::other(
+                "internal: DirectReader cannot seek backwards",
+            ));
         }
         let in_buf = self.buf_offset + self.filled as u64;
         if offset <= in_buf {
@@ -71,7 +84,10 @@ impl DirectReader {
         self.pos = 0;
         self.filled = 0;
         while self.filled < self.buf.len() {
-            let n = match self.file.read_at(&mut self.buf[self.filled..], self.buf_offset + self.filled as u64) {
+            let n = match self.file.read_at(
+                &mut self.buf[self.filled..],
+                self.buf_offset + self.filled as u64,
+            ) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use crate::image::format::{self, Content, ImageHead};
+use crate::image::format::{self, Codec, Content, Digest, ImageHead, Manifest};
 use crate::io::{AlignedBuf, DirectReader, open_read_direct};
 
 pub use prepared::PreparedSource;
@@ -33,7 +33,10 @@ pub struct Slot {
 
 impl Slot {
     pub fn new(data_len: usize) -> Slot {
-        Slot { input: Vec::new(), data: AlignedBuf::new(data_len) }
+        Slot {
+            input: Vec::new(),
+            data: AlignedBuf::new(data_len),
+        }
     }
 }
 
@@ -95,7 +98,9 @@ pub fn sniff(head: &[u8]) -> Sniffed {
 /// the pieces raw sources cut their stream into (`--buffersize`).
 pub fn open(spec: &str, piece_len: usize) -> Result<Box<dyn ChunkSource>> {
     if let Some((scheme, _)) = spec.split_once("://") {
-        bail!("{scheme}:// sources are not supported by this version of reimage (local files and devices only)");
+        bail!(
+            "{scheme}:// sources are not supported by this version of reimage (local files and devices only)"
+        );
     }
     let path = Path::new(spec);
     let meta = std::fs::metadata(path).with_context(|| format!("opening source {spec}"))?;
@@ -107,13 +112,50 @@ pub fn open(spec: &str, piece_len: usize) -> Result<Box<dyn ChunkSource>> {
     }
     let mut head = [0u8; 8];
     let n = File::open(path)?.read(&mut head)?;
-    let (file, direct) = open_read_direct(path).with_context(|| format!("opening source {spec}"))?;
+    let (file, direct) =
+        open_read_direct(path).with_context(|| format!("opening source {spec}"))?;
     let reader = DirectReader::new(file, direct, READ_BLOCK);
     Ok(match sniff(&head[..n]) {
         Sniffed::Prepared => Box::new(PreparedSource::new(path, reader)?),
-        Sniffed::Compressed(c) => Box::new(RawSource::compressed(path, reader, c, meta.len(), piece_len)?),
+        Sniffed::Compressed(c) => Box::new(RawSource::compressed(
+            path,
+            reader,
+            c,
+            meta.len(),
+            piece_len,
+        )?),
         Sniffed::Raw => Box::new(RawSource::file(path, reader, meta.len(), piece_len)),
     })
+}
+
+/// Decodes extent `i` of `m` in `slot`: decompresses a zstd payload from
+/// `input` into `data` (a stored extent is already in `data`), hashes the
+/// bytes and checks the digest. Nothing unchecked leaves this function.
+pub fn unpack_extent(
+    m: &Manifest,
+    i: usize,
+    slot: &mut Slot,
+    dctx: &mut zstd::bulk::Decompressor<'_>,
+) -> Result<Digest> {
+    let e = &m.extents[i];
+    let len = e.length as usize;
+    let at = e.target_offset;
+    if e.codec == Codec::Zstd {
+        let Slot { input, data } = slot;
+        let n = dctx
+            .decompress_to_buffer(&input[..], &mut data[..len])
+            .map_err(|err| anyhow::anyhow!("extent {i} at byte {at}: payload does not decompress ({err}); the image is corrupt"))?;
+        if n != len {
+            bail!(
+                "extent {i} at byte {at}: payload decompresses to {n} bytes, expected {len}; the image is corrupt"
+            );
+        }
+    }
+    let digest = *blake3::hash(&slot.data[..len]).as_bytes();
+    if digest != e.digest {
+        bail!("extent {i} at byte {at}: digest mismatch; the image is corrupt");
+    }
+    Ok(digest)
 }
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
@@ -137,16 +179,25 @@ mod tests {
     #[test]
     fn sniffs_by_content() {
         assert_eq!(sniff(&format::MAGIC), Sniffed::Prepared);
-        assert_eq!(sniff(&[0x1f, 0x8b, 8]), Sniffed::Compressed(Compression::Gzip));
+        assert_eq!(
+            sniff(&[0x1f, 0x8b, 8]),
+            Sniffed::Compressed(Compression::Gzip)
+        );
         assert_eq!(sniff(b"\xfd7zXZ\0"), Sniffed::Compressed(Compression::Xz));
-        assert_eq!(sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Sniffed::Compressed(Compression::Zstd));
+        assert_eq!(
+            sniff(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Sniffed::Compressed(Compression::Zstd)
+        );
         assert_eq!(sniff(b"\0\0\0\0"), Sniffed::Raw);
         assert_eq!(sniff(b""), Sniffed::Raw);
     }
 
     #[test]
     fn network_schemes_get_a_clear_error() {
-        let err = open("http://example.invalid/x.rimg", 1 << 20).err().unwrap().to_string();
+        let err = open("http://example.invalid/x.rimg", 1 << 20)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("http:// sources are not supported"), "{err}");
     }
 }

@@ -22,7 +22,8 @@ pub struct PreparedSource {
 
 impl PreparedSource {
     pub fn new(path: &Path, mut reader: DirectReader) -> Result<PreparedSource> {
-        let head = format::read_head(&mut reader).with_context(|| format!("reading {}", path.display()))?;
+        let head = format::read_head(&mut reader)
+            .with_context(|| format!("reading {}", path.display()))?;
         let m = &head.manifest;
         let mut order: Vec<usize> = (0..m.extents.len()).collect();
         order.sort_by_key(|&i| m.extents[i].payload_offset);
@@ -33,19 +34,33 @@ impl PreparedSource {
             source_len: Some(m.payload_area + m.payload_bytes()),
             head: None,
         };
-        let mut src = PreparedSource { path: path.to_owned(), reader, info, order, next: 0 };
+        let mut src = PreparedSource {
+            path: path.to_owned(),
+            reader,
+            info,
+            order,
+            next: 0,
+        };
         src.info.head = Some(head);
         Ok(src)
     }
 
     fn head(&self) -> &ImageHead {
-        self.info.head.as_ref().expect("prepared source always has a head")
+        self.info
+            .head
+            .as_ref()
+            .expect("prepared source always has a head")
     }
 }
 
 impl fmt::Display for PreparedSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (prepared image {})", self.path.display(), &format::hex(&self.head().digest())[..16])
+        write!(
+            f,
+            "{} (prepared image {})",
+            self.path.display(),
+            &format::hex(&self.head().digest())[..16]
+        )
     }
 }
 
@@ -55,9 +70,15 @@ impl ChunkSource for PreparedSource {
     }
 
     fn next_piece(&mut self, slot: &mut Slot) -> Result<Option<Piece>> {
-        let Some(&i) = self.order.get(self.next) else { return Ok(None) };
+        let Some(&i) = self.order.get(self.next) else {
+            return Ok(None);
+        };
         self.next += 1;
-        let head = self.info.head.as_ref().expect("prepared source always has a head");
+        let head = self
+            .info
+            .head
+            .as_ref()
+            .expect("prepared source always has a head");
         let e = &head.manifest.extents[i];
         let at = head.manifest.payload_area + e.payload_offset;
         self.reader.skip_to(at)?;

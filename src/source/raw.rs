@@ -50,50 +50,103 @@ struct CountingReader {
 impl Read for CountingReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.consumed.store(self.inner.position(), std::sync::atomic::Ordering::Relaxed);
+        self.consumed
+            .store(self.inner.position(), std::sync::atomic::Ordering::Relaxed);
         Ok(n)
     }
 }
 
 impl RawSource {
-    fn build(what: String, path: &Path, reader: DirectReader, info: ImageInfo, piece_len: usize, wrap: impl FnOnce(CountingReader) -> Result<Box<dyn Read + Send>>) -> Result<RawSource> {
+    fn build(
+        what: String,
+        path: &Path,
+        reader: DirectReader,
+        info: ImageInfo,
+        piece_len: usize,
+        wrap: impl FnOnce(CountingReader) -> Result<Box<dyn Read + Send>>,
+    ) -> Result<RawSource> {
         let consumed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let reader = wrap(CountingReader { inner: reader, consumed: consumed.clone() })?;
-        Ok(RawSource { what, path: path.to_owned(), reader, consumed, info, offset: 0, piece_len })
+        let reader = wrap(CountingReader {
+            inner: reader,
+            consumed: consumed.clone(),
+        })?;
+        Ok(RawSource {
+            what,
+            path: path.to_owned(),
+            reader,
+            consumed,
+            info,
+            offset: 0,
+            piece_len,
+        })
     }
 
     fn raw_info(size: Option<u64>, len: u64, sector: u32) -> ImageInfo {
-        ImageInfo { size, sector_size: sector, content: Content::Raw, head: None, source_len: Some(len) }
+        ImageInfo {
+            size,
+            sector_size: sector,
+            content: Content::Raw,
+            head: None,
+            source_len: Some(len),
+        }
     }
 
     pub fn file(path: &Path, reader: DirectReader, len: u64, piece_len: usize) -> RawSource {
-        Self::build("raw image".into(), path, reader, Self::raw_info(Some(len), len, 512), piece_len, |r| Ok(Box::new(r)))
-            .expect("plain reader construction cannot fail")
+        Self::build(
+            "raw image".into(),
+            path,
+            reader,
+            Self::raw_info(Some(len), len, 512),
+            piece_len,
+            |r| Ok(Box::new(r)),
+        )
+        .expect("plain reader construction cannot fail")
     }
 
     pub fn block_device(path: &Path, piece_len: usize) -> Result<RawSource> {
-        let (file, direct) = open_read_direct(path).with_context(|| format!("opening source {}", path.display()))?;
+        let (file, direct) =
+            open_read_direct(path).with_context(|| format!("opening source {}", path.display()))?;
         let size = crate::blockdev::size_bytes(&file)?;
         let sector = crate::blockdev::logical_sector_size(&file)?;
         let reader = DirectReader::new(file, direct, super::READ_BLOCK);
-        Self::build("block device".into(), path, reader, Self::raw_info(Some(size), size, sector), piece_len, |r| Ok(Box::new(r)))
+        Self::build(
+            "block device".into(),
+            path,
+            reader,
+            Self::raw_info(Some(size), size, sector),
+            piece_len,
+            |r| Ok(Box::new(r)),
+        )
     }
 
-    pub fn compressed(path: &Path, reader: DirectReader, c: Compression, len: u64, piece_len: usize) -> Result<RawSource> {
+    pub fn compressed(
+        path: &Path,
+        reader: DirectReader,
+        c: Compression,
+        len: u64,
+        piece_len: usize,
+    ) -> Result<RawSource> {
         let size = match c {
             Compression::Zstd => zstd_content_size(path),
             _ => None,
         };
         let info = Self::raw_info(size, len, 512);
-        Self::build(format!("{}-compressed raw image", c.name()), path, reader, info, piece_len, |r| {
-            Ok(match c {
-                // MultiGzDecoder: `cat a.gz b.gz` and pigz output are
-                // several members, all of which belong to the image.
-                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
-                Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
-                Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
-            })
-        })
+        Self::build(
+            format!("{}-compressed raw image", c.name()),
+            path,
+            reader,
+            info,
+            piece_len,
+            |r| {
+                Ok(match c {
+                    // MultiGzDecoder: `cat a.gz b.gz` and pigz output are
+                    // several members, all of which belong to the image.
+                    Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+                    Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
+                    Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
+                })
+            },
+        )
     }
 }
 
@@ -122,7 +175,9 @@ impl ChunkSource for RawSource {
 
     fn next_piece(&mut self, slot: &mut Slot) -> Result<Option<Piece>> {
         let len = super::read_full(&mut self.reader, &mut slot.data[..self.piece_len])
-            .with_context(|| format!("reading {} at offset {}", self.path.display(), self.offset))?;
+            .with_context(|| {
+                format!("reading {} at offset {}", self.path.display(), self.offset)
+            })?;
         if len == 0 {
             return Ok(None);
         }

@@ -16,18 +16,28 @@ pub const MIB: u64 = 1 << 20;
 /// behave differently), removed on drop.
 pub fn scratch() -> tempfile::TempDir {
     std::fs::create_dir_all("/var/tmp/reimage-tests").unwrap();
-    tempfile::Builder::new().prefix("t").tempdir_in("/var/tmp/reimage-tests").unwrap()
+    tempfile::Builder::new()
+        .prefix("t")
+        .tempdir_in("/var/tmp/reimage-tests")
+        .unwrap()
 }
 
 pub fn run(cmd: &str, args: &[&str]) -> Output {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
     out
 }
 
 /// Runs a command that must succeed; returns its stdout.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
     let out = run(cmd, args);
-    assert!(out.status.success(), "{cmd} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -54,8 +64,17 @@ pub fn stdout(o: &Output) -> String {
 /// Asserts exit status 1 with exactly one line on stderr containing `needle`.
 pub fn assert_fails_with(o: &Output, needle: &str) {
     let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "expected exit 1, got {:?}; stderr: {err}", o.status);
-    assert_eq!(err.trim_end().lines().count(), 1, "error is not one line: {err}");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "expected exit 1, got {:?}; stderr: {err}",
+        o.status
+    );
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "error is not one line: {err}"
+    );
     assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
 }
 
@@ -109,11 +128,16 @@ pub fn sample_files(dir: &Path, mib: u64) -> PathBuf {
             if total >= mib * MIB {
                 return root;
             }
-            let Ok(meta) = std::fs::symlink_metadata(&entry) else { continue };
+            let Ok(meta) = std::fs::symlink_metadata(&entry) else {
+                continue;
+            };
             if !meta.is_file() || meta.len() > 4 * MIB {
                 continue;
             }
-            let dest = root.join(format!("{n:05}-{}", entry.file_name().unwrap().to_string_lossy()));
+            let dest = root.join(format!(
+                "{n:05}-{}",
+                entry.file_name().unwrap().to_string_lossy()
+            ));
             if std::fs::copy(&entry, &dest).is_ok() {
                 total += meta.len();
                 n += 1;
@@ -127,7 +151,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
         entries.sort();
         for p in entries {
@@ -143,8 +169,22 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 /// An ext4 filesystem image of `mib` MiB holding `files`.
 pub fn make_ext4(path: &Path, mib: u64, files: &Path) {
-    sh("truncate", &["-s", &format!("{mib}M"), path.to_str().unwrap()]);
-    sh("mkfs.ext4", &["-q", "-F", "-E", "root_owner=0:0", "-d", files.to_str().unwrap(), path.to_str().unwrap()]);
+    sh(
+        "truncate",
+        &["-s", &format!("{mib}M"), path.to_str().unwrap()],
+    );
+    sh(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+            files.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ],
+    );
 }
 
 /// A GPT disk image made by `scripts/make-sample-disk`: partition 1 a
@@ -152,7 +192,15 @@ pub fn make_ext4(path: &Path, mib: u64, files: &Path) {
 /// after it. Returns the ext4 partition's byte offset and length.
 pub fn make_gpt_disk(path: &Path, disk_mib: u64, ext4_mib: u64, files: &Path) -> (u64, u64) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/make-sample-disk");
-    sh(script, &[path.to_str().unwrap(), &disk_mib.to_string(), &ext4_mib.to_string(), files.to_str().unwrap()]);
+    sh(
+        script,
+        &[
+            path.to_str().unwrap(),
+            &disk_mib.to_string(),
+            &ext4_mib.to_string(),
+            files.to_str().unwrap(),
+        ],
+    );
     (17 * MIB, ext4_mib * MIB)
 }
 
@@ -197,9 +245,22 @@ pub fn digest(path: &Path) -> blake3::Hash {
 
 /// e2fsck -fn on `len` bytes at `offset` of `dev` (a loop over the range).
 pub fn assert_fsck_clean(dev: &Path, offset: u64, len: u64) {
-    let l = Loop::with(dev, &["-r", "-o", &offset.to_string(), "--sizelimit", &len.to_string()]);
+    let l = Loop::with(
+        dev,
+        &[
+            "-r",
+            "-o",
+            &offset.to_string(),
+            "--sizelimit",
+            &len.to_string(),
+        ],
+    );
     let out = run("e2fsck", &["-fn", &l.dev]);
-    assert!(out.status.success(), "e2fsck found problems: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "e2fsck found problems: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// A disk erased to a valid empty state: a GPT that verifies and has no
@@ -212,14 +273,27 @@ pub fn assert_empty_gpt(dev: &Path) {
     let pttype = sh("blkid", &["-p", "-s", "PTTYPE", "-o", "value", d]);
     assert_eq!(pttype.trim(), "gpt");
     let v = sh("sgdisk", &["-v", d]);
-    assert!(v.contains("No problems found") && !v.contains("Creating new GPT"), "sgdisk -v: {v}");
+    assert!(
+        v.contains("No problems found") && !v.contains("Creating new GPT"),
+        "sgdisk -v: {v}"
+    );
     let p = sh("sgdisk", &["-p", d]);
-    let rows = p.lines().skip_while(|l| !l.starts_with("Number")).skip(1).filter(|l| !l.trim().is_empty()).count();
+    let rows = p
+        .lines()
+        .skip_while(|l| !l.starts_with("Number"))
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count();
     assert_eq!(rows, 0, "partitions left: {p}");
 }
 
 /// A partition erased to a valid empty state: no signature blkid knows.
 pub fn assert_no_signatures(dev: &Path) {
     let out = run("blkid", &["-p", dev.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "blkid still finds: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "blkid still finds: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
