@@ -281,7 +281,8 @@ fn copy(
             s.spawn(move || {
                 let mut dctx = zstd::bulk::Decompressor::new().ok();
                 for (piece, source_pos, slot) in work_rx {
-                    let r = check_piece(piece, source_pos, slot, manifest, dctx.as_mut());
+                    let r = check_piece(piece, source_pos, slot, manifest, dctx.as_mut())
+                        .and_then(|ready| write_piece(target, ready));
                     if ready_tx.send(r).is_err() {
                         break;
                     }
@@ -297,13 +298,6 @@ fn copy(
             for r in &ready_rx {
                 crate::signals::check()?;
                 let ready = r?;
-                if !target.is_file() && ready.offset + ready.len as u64 > target.size {
-                    bail!(
-                        "the image is larger than {} ({})",
-                        target.path.display(),
-                        human_size(target.size)
-                    );
-                }
                 writer.put(&ready)?;
                 done = if by_source {
                     ready.source_pos
@@ -356,8 +350,33 @@ fn check_piece(
     })
 }
 
-/// Writes pieces positionally, holding everything inside the first MiB in
-/// a side buffer until the end, and hands written ranges to the verifier.
+/// Worker step after the check: writes the piece positionally, except the
+/// part inside the boot area, which the collector holds back. Several
+/// workers write at once, which keeps more than one request in flight.
+fn write_piece(target: &Target, r: Ready) -> Result<Ready> {
+    let end = r.offset + r.len as u64;
+    if !target.is_file() && end > target.size {
+        bail!(
+            "the image is larger than {} ({})",
+            target.path.display(),
+            human_size(target.size)
+        );
+    }
+    let held = end.min(BOOT_AREA).saturating_sub(r.offset);
+    let rest = &r.slot.data[held as usize..r.len];
+    if !rest.is_empty() {
+        let at = r.offset + held;
+        if r.zero {
+            target.zero_range(at, rest.len() as u64)?;
+        } else {
+            target.write_at(rest, at)?;
+        }
+    }
+    Ok(r)
+}
+
+/// Collects written pieces: keeps the parts inside the first MiB in a side
+/// buffer to write last, and hands written ranges to the verifier.
 struct BootHoldingWriter<'a> {
     target: &'a Target,
     verifier: Option<&'a Verifier>,
@@ -387,6 +406,7 @@ impl<'a> BootHoldingWriter<'a> {
         }
     }
 
+    /// Takes a piece `write_piece` has written all of but its boot part.
     fn put(&mut self, r: &Ready) -> Result<()> {
         let end = r.offset + r.len as u64;
         let held = end.min(BOOT_AREA).saturating_sub(r.offset);
@@ -394,15 +414,6 @@ impl<'a> BootHoldingWriter<'a> {
             let at = r.offset as usize;
             self.boot[at..at + held as usize].copy_from_slice(&r.slot.data[..held as usize]);
             self.boot_ranges.push(r.offset..r.offset + held);
-        }
-        let rest = &r.slot.data[held as usize..r.len];
-        if !rest.is_empty() {
-            let at = r.offset + held;
-            if r.zero {
-                self.target.zero_range(at, rest.len() as u64)?;
-            } else {
-                self.target.write_at(rest, at)?;
-            }
         }
         self.written += r.len as u64;
         self.since_sync += r.len as u64;

@@ -2,7 +2,7 @@
 //! decides whether writing is allowed (preflight) lives here, as does the
 //! erase to a valid empty state after a failed restore.
 
-use std::cell::OnceCell;
+use std::sync::OnceLock;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -35,7 +35,7 @@ pub struct Target {
     direct: bool,
     /// A second, buffered descriptor for pieces O_DIRECT cannot take
     /// (lengths that are not a multiple of the sector size).
-    buffered: OnceCell<File>,
+    buffered: OnceLock<File>,
     /// Advisory lock held on a file target for the target's lifetime.
     _lock: Option<nix::fcntl::Flock<File>>,
     pub size: u64,
@@ -131,7 +131,7 @@ impl Target {
             kind,
             file,
             direct,
-            buffered: OnceCell::new(),
+            buffered: OnceLock::new(),
             _lock: None,
             size,
             sector_size,
@@ -165,7 +165,7 @@ impl Target {
             kind: TargetKind::File,
             file,
             direct,
-            buffered: OnceCell::new(),
+            buffered: OnceLock::new(),
             _lock: Some(lock),
             size,
             sector_size: 512,
@@ -303,10 +303,11 @@ impl Target {
     /// moving the bytes.
     pub fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
         if self.is_file() {
-            if self.file.metadata()?.len() < offset + len {
-                self.file.set_len(offset + len)?;
-            }
-            return Ok(());
+            // Writing the range's last bytes extends the file; set_len could
+            // race with a concurrent write further out and cut it off.
+            let tail = len.min(IO_ALIGN as u64);
+            let zeros = AlignedBuf::new(tail as usize);
+            return self.write_at(&zeros[..tail as usize], offset + len - tail);
         }
         let sector = u64::from(self.sector_size);
         if offset % sector == 0
