@@ -2,11 +2,11 @@
 //! decides whether writing is allowed (preflight) lives here, as does the
 //! erase to a valid empty state after a failed restore.
 
-use std::sync::OnceLock;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 
@@ -346,8 +346,10 @@ impl Target {
     /// disk, drop stale cached blocks, and have the kernel re-read the table.
     pub fn finish_disk(&self) -> Result<()> {
         if let TargetKind::Disk(_) = self.kind {
-            if crate::parttable::relocate_backup_gpt(&self.file, self.size, self.sector_size)? {
-                self.file.sync_data()?;
+            // Table code does small unaligned I/O: the buffered descriptor.
+            if crate::parttable::relocate_backup_gpt(self.buffered()?, self.size, self.sector_size)?
+            {
+                self.sync()?;
             }
             blockdev::flush_buffers(&self.file)?;
             blockdev::reread_partitions(&self.file)?;
@@ -369,12 +371,16 @@ impl Target {
                 self.file.set_len(0)?;
                 self.file.set_len(self.size)?;
                 if content == Content::Disk {
-                    crate::parttable::write_empty_gpt(&self.file, self.size, self.sector_size)?;
+                    crate::parttable::write_empty_gpt(
+                        self.buffered()?,
+                        self.size,
+                        self.sector_size,
+                    )?;
                 }
             }
             TargetKind::Disk(_) => {
                 self.wipe_ends()?;
-                crate::parttable::write_empty_gpt(&self.file, self.size, self.sector_size)?;
+                crate::parttable::write_empty_gpt(self.buffered()?, self.size, self.sector_size)?;
             }
             TargetKind::Partition { .. } => self.wipe_ends()?,
         }

@@ -150,6 +150,9 @@ fn target_held_open_exclusively_is_refused_and_unchanged() {
     assert_eq!(digest(&file), before);
 }
 
+/// Something done to a copy of a good image.
+type Damage = dyn Fn(&std::fs::File, &reimage::image::format::ImageHead);
+
 /// Copies an image and damages it with `damage`.
 fn damaged(
     f: &Path,
@@ -255,10 +258,7 @@ fn garbage_images_are_clear_errors_and_touch_nothing() {
     let dir = scratch();
     let (file, l) = random_loop(dir.path(), 64);
     let before = digest(&file);
-    let cases: Vec<(
-        &str,
-        Box<dyn Fn(&std::fs::File, &reimage::image::format::ImageHead)>,
-    )> = vec![
+    let cases: Vec<(&str, Box<Damage>)> = vec![
         (
             "manifest digest mismatch",
             Box::new(|f, _| f.write_all_at(&[0xff], 70).unwrap()),

@@ -71,14 +71,20 @@ pub fn plan(
     let (content, table, mut fs) = match parttable::read(dev, size, sector)? {
         Some(t) => {
             exact.extend(t.metadata.iter().cloned());
-            for p in &t.partitions {
+            // An MBR extended partition only contains logical partitions
+            // (listed on their own) and EBRs (in `metadata`).
+            for p in t
+                .partitions
+                .iter()
+                .filter(|p| !matches!(p.type_name.as_str(), "0x05" | "0x0f" | "0x85"))
+            {
                 let what = format!("partition {} ({})", p.number, p.type_name);
                 match fsmap::probe(dev, p.start, p.len) {
                     Ok(Some(map)) => {
                         notes.push(format!(
                             "{what}: {} filesystem, {} used",
                             fs_name(map.fs),
-                            used_share(&map.used, p.len)
+                            used_share(map.used_bytes(), p.len)
                         ));
                         free.push(p.start..p.start + p.len);
                         exact.extend(map.used.iter().map(|r| p.start + r.start..p.start + r.end));
@@ -100,7 +106,7 @@ pub fn plan(
                 notes.push(format!(
                     "{} filesystem, {} used",
                     fs_name(map.fs),
-                    used_share(&map.used, size)
+                    used_share(map.used_bytes(), size)
                 ));
                 free.push(0..size);
                 exact = map.used;
@@ -157,8 +163,7 @@ pub fn plan(
     })
 }
 
-fn used_share(used: &[Range<u64>], len: u64) -> String {
-    let bytes: u64 = used.iter().map(|r| r.end - r.start).sum();
+fn used_share(bytes: u64, len: u64) -> String {
     format!(
         "{} of {}",
         crate::util::human_size(bytes),
