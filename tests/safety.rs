@@ -199,10 +199,32 @@ fn truncated_image_fails_and_leaves_a_partition_without_signatures() {
         let len = head.manifest.payload_area + head.manifest.payload_bytes() * 2 / 3;
         file.set_len(len).unwrap();
     });
+    // Partition 1 of a GPT disk, holding an old ext4 filesystem.
+    let disk = dir.path().join("d.img");
+    sh("truncate", &["-s", "48M", s(&disk)]);
+    sh("sgdisk", &["-n1:2048:+40M", s(&disk)]);
+    let l = Loop::new(&disk);
+    l.add_partitions();
+    let p1 = format!("{}p1", l.dev);
+    sh("mkfs.ext4", &["-q", &p1]);
+    let o = restore(&bad, &p1, &["--erase", "--noprompt"]);
+    assert_fails_with(&o, "truncated");
+    assert_no_signatures(Path::new(&p1));
+    // The disk's own table is untouched.
+    assert!(sh("sgdisk", &["-v", &l.dev]).contains("No problems found"));
+}
+
+#[test]
+fn truncated_image_onto_a_whole_disk_leaves_an_empty_gpt() {
+    let f = fixtures();
+    let dir = scratch();
+    let bad = damaged(&f.part_rimg, dir.path(), |file, head| {
+        file.set_len(head.manifest.payload_area + 100).unwrap();
+    });
     let (_file, l) = random_loop(dir.path(), 32);
     let o = restore(&bad, &l.dev, &["--erase", "--noprompt"]);
     assert_fails_with(&o, "truncated");
-    assert_no_signatures(l.path());
+    assert_empty_gpt(l.path());
 }
 
 #[test]

@@ -303,13 +303,12 @@ pub fn assert_empty_gpt(dev: &Path) {
     assert_eq!(rows, 0, "partitions left: {p}");
 }
 
-/// A partition erased to a valid empty state: no signature blkid knows.
+/// A partition erased to a valid empty state: no signature wipefs knows
+/// (filesystems, RAID members, partition tables, LUKS...).
 pub fn assert_no_signatures(dev: &Path) {
-    let out = run("blkid", &["-p", dev.to_str().unwrap()]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "blkid still finds: {}",
-        String::from_utf8_lossy(&out.stdout)
+    let found = sh(
+        "wipefs",
+        &["--no-act", "--noheadings", dev.to_str().unwrap()],
     );
+    assert!(found.trim().is_empty(), "signatures left: {found}");
 }
