@@ -219,11 +219,16 @@ fn copy(
         .buffer_size
         .max(manifest.map_or(0, |m| m.chunk_size as usize));
     let buffers = opts.buffers.max(2);
+    // Workers also write, so a couple more than CPUs keep the CPUs busy
+    // while others wait for the device (measured: 4 workers restore the
+    // bench image ~15 % faster than 2 on 2 CPUs). Each needs a slot, and
+    // the reader one more.
     let workers = if opts.workers == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
+        std::thread::available_parallelism().map_or(2, |n| n.get()) + 2
     } else {
         opts.workers
-    };
+    }
+    .clamp(1, buffers - 1);
 
     // Progress counts restored bytes when the total is known, else bytes
     // of (compressed) source consumed.
