@@ -137,6 +137,14 @@ fn parse_buffer_size(s: &str) -> Result<u64, String> {
     Ok(n)
 }
 
+/// The first line of a clap usage error without its `error: ` prefix, so
+/// bad arguments get the same one-line treatment as every other failure.
+pub fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    first.strip_prefix("error: ").unwrap_or(first).to_owned()
+}
+
 /// asr options that also have single-dash spellings.
 const LEGACY: &[&str] = &[
     "source",
@@ -300,6 +308,16 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn usage_errors_become_one_line() {
+        let e = parse(&["reimage", "restore", "--source", "a", "--bogus"]).unwrap_err();
+        let line = one_line(&e);
+        assert!(line.contains("--bogus"), "{line}");
+        assert!(!line.contains('\n') && !line.starts_with("error"));
+        let e = parse(&["reimage", "restore", "--target", "b"]).unwrap_err();
+        assert!(one_line(&e).contains("--source"), "{}", one_line(&e));
     }
 
     #[test]

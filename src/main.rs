@@ -8,7 +8,21 @@ use reimage::progress::{HumanProgress, MachineProgress, ProgressSink};
 use reimage::restore::{self, RestoreOptions};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(normalize_args(std::env::args_os()));
+    let cli = match Cli::try_parse_from(normalize_args(std::env::args_os())) {
+        Ok(cli) => cli,
+        // --help and --version are not errors.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!(
+                "reimage: {} (see 'reimage help')",
+                reimage::cli::one_line(&e)
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let debug = match &cli.command {
         Command::Restore(a) | Command::Restoreexact(a) => a.output.debug,
         Command::Imagescan(a) => a.out.debug,

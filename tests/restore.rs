@@ -212,6 +212,41 @@ fn legacy_single_dash_spelling_restores() {
 }
 
 #[test]
+fn bad_arguments_are_one_line_errors() {
+    assert_fails_with(
+        &reimage(&["restore", "--source", "a", "--target", "b", "--bogus"]),
+        "--bogus",
+    );
+    assert_fails_with(
+        &reimage(&[
+            "restore",
+            "--source",
+            "a",
+            "--target",
+            "b",
+            "--buffers",
+            "0",
+        ]),
+        "--buffers",
+    );
+    assert_fails_with(
+        &reimage(&[
+            "imagecreate",
+            "--source",
+            "a",
+            "--image",
+            "b",
+            "--chunksize",
+            "5000",
+        ]),
+        "chunk size",
+    );
+    assert_fails_with(&reimage(&["frobnicate"]), "frobnicate");
+    let help = reimage(&["help", "restore"]);
+    assert!(help.status.success() && stdout(&help).contains("--csumbuffersize"));
+}
+
+#[test]
 fn puppetstrings_prints_one_event_per_line() {
     let f = fixtures();
     let dir = scratch();
