@@ -15,6 +15,11 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
+        // A bare `reimage`: the overview is more useful than one line.
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!(
                 "reimage: {} (see 'reimage help')",
