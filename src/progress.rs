@@ -83,6 +83,21 @@ struct HumanState {
     steps: u32,
     started: Instant,
     last_draw: Option<Instant>,
+    /// `done` at the phase's first update: verification overlaps the copy,
+    /// so the Verifying phase starts with work already done, which must
+    /// not count towards its rate.
+    base: Option<u64>,
+}
+
+impl HumanState {
+    fn new() -> HumanState {
+        HumanState {
+            steps: 0,
+            started: Instant::now(),
+            last_draw: None,
+            base: None,
+        }
+    }
 }
 
 impl HumanProgress {
@@ -90,11 +105,7 @@ impl HumanProgress {
         HumanProgress {
             tty: std::io::stdout().is_terminal(),
             verbose,
-            state: Mutex::new(HumanState {
-                steps: 0,
-                started: Instant::now(),
-                last_draw: None,
-            }),
+            state: Mutex::new(HumanState::new()),
         }
     }
 
@@ -114,11 +125,7 @@ impl HumanProgress {
 impl ProgressSink for HumanProgress {
     fn start(&self, phase: Phase, _total: u64) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        *st = HumanState {
-            steps: 0,
-            started: Instant::now(),
-            last_draw: None,
-        };
+        *st = HumanState::new();
         let mut out = std::io::stdout().lock();
         if phase.is_step() {
             let _ = write!(out, "{}...", phase.label());
@@ -147,7 +154,8 @@ impl ProgressSink for HumanProgress {
             st.last_draw = Some(now);
             st.steps = steps;
             let secs = now.duration_since(st.started).as_secs_f64().max(1e-3);
-            let rate = done as f64 / secs;
+            let base = *st.base.get_or_insert(done);
+            let rate = done.saturating_sub(base) as f64 / secs;
             let eta = if rate > 0.0 {
                 (total.saturating_sub(done)) as f64 / rate
             } else {

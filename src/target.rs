@@ -185,7 +185,7 @@ impl Target {
     pub fn describe(&self) -> String {
         let model = match &self.kind {
             TargetKind::Disk(s) | TargetKind::Partition { part: s, .. } => s.model(),
-            TargetKind::File => Some("file".into()),
+            TargetKind::File => return format!("{} (file)", self.path.display()),
         };
         match model {
             Some(m) => format!("{} ({m}, {})", self.path.display(), human_size(self.size)),
