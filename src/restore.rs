@@ -100,6 +100,12 @@ pub fn restore(
 
     progress.start(Phase::ValidateTarget, 0);
     let mut target = Target::open(target_path)?;
+    if !source_spec.contains("://") && target.overlaps(Path::new(source_spec))? {
+        bail!(
+            "the source {source_spec} is on the target {}; restoring would overwrite it",
+            target_path.display()
+        );
+    }
     let info = src.info().clone();
     if let Some(size) = info.size {
         // restoreexact grows a small partition, so only the sector check

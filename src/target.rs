@@ -38,6 +38,8 @@ pub struct Target {
     buffered: OnceLock<File>,
     /// Advisory lock held on a file target for the target's lifetime.
     _lock: Option<nix::fcntl::Flock<File>>,
+    /// "MAJ:MIN" of the device and the devices overlapping it.
+    related: Vec<String>,
     pub size: u64,
     pub sector_size: u32,
 }
@@ -89,10 +91,11 @@ impl Target {
         let sys = SysBlock::of_node(path)?;
         let disk = sys.parent();
         let display = path.display().to_string();
-        // Everything that could be using the device: itself, and either its
-        // partitions (whole disk) or its disk (partition, mounted whole).
+        // Everything whose use would clash with writing the device: itself,
+        // its partitions (whole disk) or its disk (partition).
         let mut related = vec![sys.clone()];
         related.extend(sys.partitions());
+        related.extend(disk.clone());
         check_not_mounted(&display, &related)?;
         for dev in &related {
             let holders = dev.holders();
@@ -120,6 +123,7 @@ impl Target {
             }
             Err(e) => return Err(e).with_context(|| format!("opening {display}")),
         };
+        let related = related.into_iter().map(|d| d.dev).collect();
         let size = blockdev::size_bytes(&file)?;
         let sector_size = blockdev::logical_sector_size(&file)?;
         let kind = match disk {
@@ -133,6 +137,7 @@ impl Target {
             direct,
             buffered: OnceLock::new(),
             _lock: None,
+            related,
             size,
             sector_size,
         })
@@ -167,9 +172,28 @@ impl Target {
             direct,
             buffered: OnceLock::new(),
             _lock: Some(lock),
+            related: Vec::new(),
             size,
             sector_size: 512,
         })
+    }
+
+    /// True when writing the target would overwrite `source` while it is
+    /// being read: the same file, the same device, a partition of it or
+    /// its disk, or a file on a filesystem on it.
+    pub fn overlaps(&self, source: &Path) -> Result<bool> {
+        let src = std::fs::metadata(source)?;
+        let dev_of = |d: u64| format!("{}:{}", libc::major(d), libc::minor(d));
+        if self.is_file() {
+            let me = self.file.metadata()?;
+            return Ok(src.dev() == me.dev() && src.ino() == me.ino());
+        }
+        let src_dev = if src.file_type().is_block_device() {
+            src.rdev()
+        } else {
+            src.dev()
+        };
+        Ok(self.related.contains(&dev_of(src_dev)))
     }
 
     /// Whether writes bypass the page cache.

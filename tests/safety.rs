@@ -93,6 +93,33 @@ fn no_terminal_and_no_noprompt_is_refused() {
 }
 
 #[test]
+fn restoring_a_source_onto_itself_is_refused() {
+    let f = fixtures();
+    let dir = scratch();
+    // A file onto itself.
+    let copy = dir.path().join("self.rimg");
+    std::fs::copy(&f.part_rimg, &copy).unwrap();
+    let before = digest(&copy);
+    let o = restore(&copy, s(&copy), &["--erase", "--noprompt"]);
+    assert_fails_with(&o, "is on the target");
+    assert_eq!(digest(&copy), before);
+    // A partition of a disk onto the disk.
+    let disk = dir.path().join("d.img");
+    sh("truncate", &["-s", "48M", s(&disk)]);
+    sh("sgdisk", &["-n1:2048:+40M", s(&disk)]);
+    let l = Loop::new(&disk);
+    l.add_partitions();
+    let before = digest(&disk);
+    let o = restore(
+        Path::new(&format!("{}p1", l.dev)),
+        &l.dev,
+        &["--erase", "--noprompt"],
+    );
+    assert_fails_with(&o, "is on the target");
+    assert_eq!(digest(&disk), before);
+}
+
+#[test]
 fn too_small_target_is_refused_and_unchanged() {
     let f = fixtures();
     let dir = scratch();
