@@ -141,8 +141,19 @@ fn parse_buffer_size(s: &str) -> Result<u64, String> {
 /// bad arguments get the same one-line treatment as every other failure.
 pub fn one_line(e: &clap::Error) -> String {
     let text = e.render().to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments");
-    first.strip_prefix("error: ").unwrap_or(first).to_owned()
+    // The message is the first paragraph; some kinds list the missing
+    // arguments on the lines below their first.
+    let para: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let joined = para.join(" ");
+    match joined.strip_prefix("error: ") {
+        Some(rest) => rest.to_owned(),
+        None if joined.is_empty() => "invalid arguments".to_owned(),
+        None => joined,
+    }
 }
 
 /// asr options that also have single-dash spellings.

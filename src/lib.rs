@@ -9,6 +9,7 @@ pub mod image;
 pub mod io;
 pub mod parttable;
 pub mod progress;
+mod ranges;
 pub mod restore;
 mod signals;
 pub mod source;

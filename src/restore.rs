@@ -449,15 +449,7 @@ impl<'a> BootHoldingWriter<'a> {
     /// the image's coverage allows.
     fn finish(&mut self) -> Result<()> {
         self.target.sync()?;
-        self.boot_ranges.sort_by_key(|r| r.start);
-        let mut merged: Vec<Range<u64>> = Vec::new();
-        for r in self.boot_ranges.drain(..) {
-            match merged.last_mut() {
-                Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
-                _ => merged.push(r),
-            }
-        }
-        for r in merged {
+        for r in crate::ranges::normalize(std::mem::take(&mut self.boot_ranges)) {
             self.target
                 .write_at(&self.boot[r.start as usize..r.end as usize], r.start)?;
         }

@@ -81,22 +81,15 @@ fn read_fs(
         .with_context(|| format!("reading {n} bytes at device byte {abs}"))
 }
 
-/// Sorts `ranges`, clips them to `len`, drops empty ones and merges overlapping or adjacent
-/// ones, giving the canonical form promised by [`FsMap::used`].
-fn normalize(mut ranges: Vec<Range<u64>>, len: u64) -> Vec<Range<u64>> {
-    ranges.sort_unstable_by_key(|r| r.start);
-    let mut out: Vec<Range<u64>> = Vec::with_capacity(ranges.len().min(1 << 16));
-    for r in ranges {
-        let end = r.end.min(len);
-        if r.start >= end {
-            continue;
-        }
-        match out.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(end),
-            _ => out.push(r.start..end),
-        }
-    }
-    out
+/// Clips `ranges` to `len` and puts them in the canonical form promised by
+/// [`FsMap::used`].
+fn normalize(ranges: Vec<Range<u64>>, len: u64) -> Vec<Range<u64>> {
+    crate::ranges::normalize(
+        ranges
+            .into_iter()
+            .map(|r| r.start..r.end.min(len))
+            .collect(),
+    )
 }
 
 /// Appends `r` to `v`, extending the last range instead when `r` continues it. Callers that

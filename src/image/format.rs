@@ -454,7 +454,7 @@ impl ImageHead {
 /// the reader at the start of the payload area.
 pub fn read_head(r: &mut impl Read) -> anyhow::Result<ImageHead> {
     let mut hb = [0u8; HEADER_LEN];
-    read_full(r, &mut hb)?;
+    read_header_bytes(r, &mut hb)?;
     let header = Header::decode(&hb)?;
     let mut manifest_bytes = Vec::new();
     r.take(header.manifest_len)
@@ -488,16 +488,8 @@ pub fn read_head(r: &mut impl Read) -> anyhow::Result<ImageHead> {
 }
 
 /// `read_exact` that reports a short file as a format problem, not an I/O one.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> anyhow::Result<()> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+fn read_header_bytes(r: &mut impl Read, buf: &mut [u8]) -> anyhow::Result<()> {
+    let got = crate::io::read_full(r, buf)?;
     if got < 8 || buf[..8] != MAGIC {
         return Err(FormatError::BadMagic.into());
     }

@@ -12,6 +12,7 @@ use anyhow::Result;
 use super::format::{Content, FsKind, TableKind};
 use crate::fsmap::{self, FsType};
 use crate::parttable;
+use crate::ranges::normalize;
 
 /// Granularity of stored ranges (bytes): the page size, which every
 /// filesystem block and sector size in use divides or equals, and the
@@ -171,20 +172,6 @@ fn used_share(bytes: u64, len: u64) -> String {
     )
 }
 
-/// Sorts and merges overlapping or touching ranges; drops empty ones.
-fn normalize(mut v: Vec<Range<u64>>) -> Vec<Range<u64>> {
-    v.retain(|r| r.start < r.end);
-    v.sort_by_key(|r| r.start);
-    let mut out: Vec<Range<u64>> = Vec::with_capacity(v.len());
-    for r in v {
-        match out.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-            _ => out.push(r),
-        }
-    }
-    out
-}
-
 /// Widens every range to BLOCK boundaries (clipped to `size`) and merges.
 fn align_out(v: Vec<Range<u64>>, size: u64) -> Vec<Range<u64>> {
     normalize(
@@ -252,7 +239,6 @@ mod tests {
     #[test]
     #[allow(clippy::single_range_in_vec_init)]
     fn interval_helpers() {
-        assert_eq!(normalize(vec![5..7, 0..2, 1..3, 9..9]), vec![0..3, 5..7]);
         assert_eq!(
             subtract(&[0..100], &[10..20, 30..40, 90..120]),
             vec![0..10, 20..30, 40..90]

@@ -12,7 +12,8 @@ use std::os::unix::fs::FileExt;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 
-use super::{Disk, PartTable, Partition, TableKind, mbr, merge};
+use super::{Disk, PartTable, Partition, TableKind, mbr};
+use crate::ranges::normalize as merge;
 
 const SIGNATURE: &[u8; 8] = b"EFI PART";
 /// Revision 1.0, the only one defined (§5.3.2 Table 5.5).

@@ -10,7 +10,8 @@ use std::os::unix::fs::FileExt;
 
 use anyhow::{Result, bail, ensure};
 
-use super::{Disk, PartTable, Partition, TableKind, merge};
+use super::{Disk, PartTable, Partition, TableKind};
+use crate::ranges::normalize as merge;
 
 /// Offset of the four 16-byte partition records (§5.2.1 Table 5.2).
 const TABLE_OFFSET: usize = 446;

@@ -248,20 +248,6 @@ impl<'a, F: FileExt> Disk<'a, F> {
     }
 }
 
-/// Sorts ranges and merges overlapping or adjacent ones, dropping empty ones.
-fn merge(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
-    ranges.retain(|r| r.start < r.end);
-    ranges.sort_by_key(|r| r.start);
-    let mut out: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        match out.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-            _ => out.push(r),
-        }
-    }
-    out
-}
-
 /// Shared by the tests of `gpt` and `mbr`: scratch images and the real tools.
 #[cfg(test)]
 pub(crate) mod testutil {
@@ -331,14 +317,6 @@ pub(crate) mod testutil {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn merge_sorts_and_coalesces() {
-        assert_eq!(
-            merge(vec![10..20, 0..5, 5..8, 19..30, 40..40, 50..60]),
-            vec![0..8, 10..30, 50..60]
-        );
-    }
 
     #[test]
     fn tiny_and_odd_inputs_do_not_panic() {

@@ -90,7 +90,7 @@ impl ChunkSource for PreparedSource {
             }
             Codec::Stored => &mut slot.data[..len],
         };
-        let got = super::read_full(&mut (&mut self.reader).take(len as u64), dest)?;
+        let got = crate::io::read_full(&mut (&mut self.reader).take(len as u64), dest)?;
         if got < len {
             bail!(
                 "{} is truncated: extent {i} needs bytes up to {} but the file ends at {}",

@@ -174,7 +174,7 @@ impl ChunkSource for RawSource {
     }
 
     fn next_piece(&mut self, slot: &mut Slot) -> Result<Option<Piece>> {
-        let len = super::read_full(&mut self.reader, &mut slot.data[..self.piece_len])
+        let len = crate::io::read_full(&mut self.reader, &mut slot.data[..self.piece_len])
             .with_context(|| {
                 format!("reading {} at offset {}", self.path.display(), self.offset)
             })?;
