@@ -100,36 +100,13 @@ pub fn restore(
 
     progress.start(Phase::ValidateTarget, 0);
     let mut target = Target::open(target_path)?;
-    if !source_spec.contains("://") && target.overlaps(Path::new(source_spec))? {
-        bail!(
-            "the source {source_spec} is on the target {}; restoring would overwrite it",
-            target_path.display()
-        );
+    if let Err(e) = preflight(source_spec, src.as_ref(), &target, opts, progress) {
+        // Nothing was written; don't leave behind a file we created.
+        target.remove_if_created();
+        return Err(e);
     }
     let info = src.info().clone();
-    if let Some(size) = info.size {
-        // restoreexact grows a small partition, so only the sector check
-        // applies to it here; check_exact covers the rest.
-        target.check_fits(
-            if opts.exact { 0 } else { size },
-            info.sector_size,
-            info.content,
-        )?;
-    }
-    if let Some(head) = &info.head {
-        check_alignment(&head.manifest, &target)?;
-    }
-    if opts.exact {
-        let size = info
-            .size
-            .context("restoreexact needs a source whose size is known up front")?;
-        target.check_exact(size)?;
-    }
-    progress.finish(Phase::ValidateTarget);
 
-    if !opts.noprompt {
-        target.confirm_erase()?;
-    }
     progress.note(&format!("Restoring {src} onto {}", target.describe()));
     // After the prompt (which must stay interruptible): a signal now stops
     // the copy so the target can be erased instead of left half-written.
@@ -154,6 +131,46 @@ pub fn restore(
             }
         }
     }
+}
+
+/// Every check that must pass before the first write, including asking.
+fn preflight(
+    source_spec: &str,
+    src: &dyn ChunkSource,
+    target: &Target,
+    opts: &RestoreOptions,
+    progress: &dyn ProgressSink,
+) -> Result<()> {
+    if !source_spec.contains("://") && target.overlaps(Path::new(source_spec))? {
+        bail!(
+            "the source {source_spec} is on the target {}; restoring would overwrite it",
+            target.path.display()
+        );
+    }
+    let info = src.info();
+    if let Some(size) = info.size {
+        // restoreexact grows a small partition, so only the sector check
+        // applies to it here; check_exact covers the rest.
+        target.check_fits(
+            if opts.exact { 0 } else { size },
+            info.sector_size,
+            info.content,
+        )?;
+    }
+    if let Some(head) = &info.head {
+        check_alignment(&head.manifest, target)?;
+    }
+    if opts.exact {
+        let size = info
+            .size
+            .context("restoreexact needs a source whose size is known up front")?;
+        target.check_exact(size)?;
+    }
+    progress.finish(Phase::ValidateTarget);
+    if !opts.noprompt {
+        target.confirm_erase()?;
+    }
+    Ok(())
 }
 
 /// O_DIRECT writes need every extent to start (and, but for the image's

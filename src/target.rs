@@ -40,6 +40,8 @@ pub struct Target {
     _lock: Option<nix::fcntl::Flock<File>>,
     /// "MAJ:MIN" of the device and the devices overlapping it.
     related: Vec<String>,
+    /// The target is a file that `open` created.
+    created: bool,
     pub size: u64,
     pub sector_size: u32,
 }
@@ -138,6 +140,7 @@ impl Target {
             buffered: OnceLock::new(),
             _lock: None,
             related,
+            created: false,
             size,
             sector_size,
         })
@@ -173,6 +176,7 @@ impl Target {
             buffered: OnceLock::new(),
             _lock: Some(lock),
             related: Vec::new(),
+            created: create,
             size,
             sector_size: 512,
         })
@@ -194,6 +198,14 @@ impl Target {
             src.dev()
         };
         Ok(self.related.contains(&dev_of(src_dev)))
+    }
+
+    /// Removes a file target that `open` created, after a preflight
+    /// refusal: nothing was restored, so nothing should be left behind.
+    pub fn remove_if_created(&self) {
+        if self.created {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 
     /// Whether writes bypass the page cache.

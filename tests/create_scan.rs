@@ -213,3 +213,87 @@ fn imagescan_converts_raw_and_compressed_images() {
             .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
     );
 }
+
+#[test]
+fn mbr_disk_and_partition_device_capture_and_restore() {
+    let dir = scratch();
+    let files = sample_files(dir.path(), 6);
+    // An MBR disk: partition 1 ext4 with files, partition 2 left empty.
+    let disk = dir.path().join("mbr.img");
+    sh("truncate", &["-s", "96M", s(&disk)]);
+    sh(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "printf 'label: dos\\n2048,81920,83\\n,,83\\n' | sfdisk -q {}",
+                s(&disk)
+            ),
+        ],
+    );
+    let part = dir.path().join("p1.img");
+    make_ext4(&part, 40, &files);
+    sh(
+        "dd",
+        &[
+            &format!("if={}", s(&part)),
+            &format!("of={}", s(&disk)),
+            "bs=1M",
+            "seek=1",
+            "conv=notrunc",
+            "status=none",
+        ],
+    );
+    let l = Loop::with(&disk, &["--direct-io=on", "--read-only"]);
+    l.add_partitions();
+
+    // The whole disk: an MBR image storing the table and the used blocks.
+    let rimg = dir.path().join("mbr.rimg");
+    let o = create(l.path(), &rimg, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = head_of(&rimg).manifest;
+    assert_eq!(
+        (m.content, m.table),
+        (format::Content::Disk, format::TableKind::Mbr)
+    );
+    assert!(m.stored_bytes() < 30 * MIB, "stored {}", m.stored_bytes());
+    let out = dir.path().join("out.img");
+    let o = reimage(&[
+        "restore",
+        "--source",
+        s(&rimg),
+        "--target",
+        s(&out),
+        "--erase",
+        "--noprompt",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        sh("sfdisk", &["-d", s(&out)]).replace(s(&out), "X"),
+        sh("sfdisk", &["-d", s(&disk)]).replace(s(&disk), "X")
+    );
+    assert_fsck_clean(&out, MIB, 40 * MIB);
+
+    // One partition device: a partition image of its filesystem.
+    let primg = dir.path().join("p1.rimg");
+    let o = create(Path::new(&format!("{}p1", l.dev)), &primg, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = head_of(&primg).manifest;
+    assert_eq!(
+        (m.content, m.fs, m.logical_size),
+        (format::Content::Partition, format::FsKind::Ext, 40 * MIB)
+    );
+    let out2 = dir.path().join("p1-out.img");
+    let o = reimage(&[
+        "restore",
+        "--source",
+        s(&primg),
+        "--target",
+        s(&out2),
+        "--erase",
+        "--noprompt",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_extents_match(&primg, &part, &out2);
+    assert!(run("e2fsck", &["-fn", s(&out2)]).status.success());
+}

@@ -81,6 +81,55 @@ fn missing_erase_is_refused_and_target_unchanged() {
     assert_eq!(digest(&file), before);
 }
 
+/// Runs a restore inside a pseudo-terminal (script(1)), typing `answer`
+/// at the erase prompt.
+fn restore_answering(source: &Path, target: &str, answer: &str) -> (Option<i32>, String) {
+    use std::io::Write;
+    let cmd = format!(
+        "{} restore --source {} --target {target} --erase",
+        env!("CARGO_BIN_EXE_reimage"),
+        s(source)
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn the_erase_prompt_on_the_terminal_decides() {
+    let f = fixtures();
+    let dir = scratch();
+    let (file, l) = random_loop(dir.path(), 64);
+    let before = digest(&file);
+    let (code, out) = restore_answering(&f.disk_rimg, &l.dev, "n\n");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("Erase contents of {} (", l.dev)),
+        "{out}"
+    );
+    assert!(out.contains("? [ny]: "), "{out}");
+    assert!(out.contains("not confirmed"), "{out}");
+    assert_eq!(digest(&file), before);
+    let (code, out) = restore_answering(&f.disk_rimg, &l.dev, "y\n");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("Verifying"), "{out}");
+    assert!(sh("sgdisk", &["-v", &l.dev]).contains("No problems found"));
+}
+
 #[test]
 fn no_terminal_and_no_noprompt_is_refused() {
     let f = fixtures();
@@ -90,6 +139,11 @@ fn no_terminal_and_no_noprompt_is_refused() {
     let o = restore(&f.disk_rimg, &l.dev, &["--erase"]);
     assert_fails_with(&o, "no terminal to confirm");
     assert_eq!(digest(&file), before);
+    // A file target that did not exist is not left behind either.
+    let fresh = dir.path().join("fresh.img");
+    let o = restore(&f.disk_rimg, s(&fresh), &["--erase"]);
+    assert_fails_with(&o, "no terminal to confirm");
+    assert!(!fresh.exists());
 }
 
 #[test]
