@@ -14,8 +14,8 @@
 
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -325,6 +325,9 @@ fn copy(
         let result = (|| -> Result<()> {
             for r in &ready_rx {
                 crate::signals::check()?;
+                if let Some(v) = verifier {
+                    v.check()?;
+                }
                 let ready = r?;
                 writer.put(&ready)?;
                 done = if by_source {
@@ -481,9 +484,14 @@ impl<'a> BootHoldingWriter<'a> {
 /// cache) on its own threads while the copy goes on, comparing digests.
 struct Verifier {
     tx: Option<Sender<Written>>,
-    total: Arc<AtomicU64>,
+    total: AtomicU64,
     verified: Arc<AtomicU64>,
-    done_rx: Receiver<Result<()>>,
+    /// The first failure; also tells the other threads to stop.
+    error: Arc<Mutex<Option<anyhow::Error>>>,
+    /// Set when the restore ends early, so threads stop reading a target
+    /// that is about to be erased.
+    stop: Arc<AtomicBool>,
+    done_rx: Receiver<()>,
     threads: usize,
 }
 
@@ -492,11 +500,12 @@ impl Verifier {
         let (tx, rx) = unbounded::<Written>();
         let (done_tx, done_rx) = unbounded();
         let verified = Arc::new(AtomicU64::new(0));
+        let error: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
         let threads = opts.csum_buffers.max(1);
         for _ in 0..threads {
-            let rx = rx.clone();
-            let done_tx = done_tx.clone();
-            let verified = verified.clone();
+            let (rx, done_tx) = (rx.clone(), done_tx.clone());
+            let (verified, error, stop) = (verified.clone(), error.clone(), stop.clone());
             let reader = target.open_verify_reader();
             let buf_len = opts.csum_buffer_size.max(crate::io::IO_ALIGN);
             let path = target.path.clone();
@@ -505,6 +514,9 @@ impl Verifier {
                     let (file, _) = reader?;
                     let mut buf = AlignedBuf::new(buf_len);
                     for w in rx {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
                         let got =
                             hash_range(&file, &mut buf, w.offset, w.len).with_context(|| {
                                 format!("reading back {} at byte {}", path.display(), w.offset)
@@ -521,13 +533,22 @@ impl Verifier {
                     }
                     Ok(())
                 })();
-                let _ = done_tx.send(r);
+                if let Err(e) = r {
+                    stop.store(true, Ordering::Relaxed);
+                    error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(e);
+                }
+                let _ = done_tx.send(());
             });
         }
         Verifier {
             tx: Some(tx),
-            total: Arc::new(AtomicU64::new(0)),
+            total: AtomicU64::new(0),
             verified,
+            error,
+            stop,
             done_rx,
             threads,
         }
@@ -536,8 +557,18 @@ impl Verifier {
     fn queue(&self, w: Written) {
         self.total.fetch_add(w.len, Ordering::Relaxed);
         if let Some(tx) = &self.tx {
-            // Verifier threads only stop early on error, reported by finish.
+            // Threads only stop early after a failure, which check() and
+            // finish() report.
             let _ = tx.send(w);
+        }
+    }
+
+    /// Fails as soon as a verifier thread has, so a restore onto a device
+    /// that does not keep what it is given stops early.
+    fn check(&self) -> Result<()> {
+        match self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
@@ -547,25 +578,23 @@ impl Verifier {
         let total = self.total.load(Ordering::Relaxed);
         progress.start(Phase::Verify, total);
         let mut pending = self.threads;
-        let mut first_err = None;
         while pending > 0 {
             match self.done_rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(r) => {
-                    pending -= 1;
-                    if let Err(e) = r {
-                        first_err.get_or_insert(e);
-                    }
-                }
+                Ok(()) => pending -= 1,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => crate::signals::check()?,
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
+            self.check()?;
             progress.update(Phase::Verify, self.verified.load(Ordering::Relaxed), total);
-        }
-        if let Some(e) = first_err {
-            return Err(e);
         }
         progress.finish(Phase::Verify);
         Ok(())
+    }
+}
+
+impl Drop for Verifier {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -596,4 +625,81 @@ pub(crate) fn hash_range(
         at += want as u64;
     }
     Ok(*h.finalize().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Quiet;
+    impl ProgressSink for Quiet {
+        fn start(&self, _: Phase, _: u64) {}
+        fn update(&self, _: Phase, _: u64, _: u64) {}
+        fn finish(&self, _: Phase) {}
+        fn note(&self, _: &str) {}
+        fn detail(&self, _: &str) {}
+    }
+
+    /// A file target holding 3 MiB of a pattern, and the digests of its MiBs.
+    fn target_with_pattern(dir: &Path) -> (Target, Vec<Digest>) {
+        let path = dir.join("t.img");
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let digests = data
+            .chunks(1 << 20)
+            .map(|c| *blake3::hash(c).as_bytes())
+            .collect();
+        (Target::open(&path).unwrap(), digests)
+    }
+
+    #[test]
+    fn verifier_accepts_what_the_device_holds() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let (target, digests) = target_with_pattern(dir.path());
+        let v = Verifier::start(&target, &RestoreOptions::default());
+        for (i, d) in digests.iter().enumerate() {
+            v.queue(Written {
+                offset: (i as u64) << 20,
+                len: 1 << 20,
+                digest: *d,
+            });
+        }
+        v.finish(&Quiet).unwrap();
+    }
+
+    #[test]
+    fn verifier_reports_a_range_the_device_did_not_keep() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let (target, mut digests) = target_with_pattern(dir.path());
+        digests[1][0] ^= 1;
+        let v = Verifier::start(&target, &RestoreOptions::default());
+        for (i, d) in digests.iter().enumerate() {
+            v.queue(Written {
+                offset: (i as u64) << 20,
+                len: 1 << 20,
+                digest: *d,
+            });
+        }
+        let err = v.finish(&Quiet).unwrap_err().to_string();
+        assert!(
+            err.contains("verification failed") && err.contains("offset 1048576"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hash_range_reads_unaligned_tails() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = dir.path().join("odd");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 7) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let (f, _) = crate::io::open_read_direct(&path).unwrap();
+        let mut buf = AlignedBuf::new(4096);
+        let d = hash_range(&f, &mut buf, 4096, 10_000 - 4096).unwrap();
+        assert_eq!(d, *blake3::hash(&data[4096..]).as_bytes());
+        assert!(
+            hash_range(&f, &mut buf, 8192, 4096).is_err(),
+            "reading past the end"
+        );
+    }
 }
