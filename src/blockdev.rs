@@ -210,3 +210,76 @@ impl SysBlock {
 fn read_trimmed(p: &Path) -> Option<String> {
     std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned())
 }
+
+/// One line of /proc/self/mountinfo, as far as reimage cares.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    /// "MAJ:MIN" of the mounted filesystem's device.
+    pub dev: String,
+    pub point: String,
+    pub read_only: bool,
+}
+
+/// Everything mounted in this mount namespace.
+pub fn mounts() -> Result<Vec<Mount>> {
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(text.lines().filter_map(parse_mountinfo_line).collect())
+}
+
+/// Field 3 is the st_dev "major:minor", field 5 the mount point and field
+/// 6 the per-mount options (proc(5)).
+fn parse_mountinfo_line(line: &str) -> Option<Mount> {
+    let fields: Vec<&str> = line.split(' ').collect();
+    let (dev, point, opts) = (fields.get(2)?, fields.get(4)?, fields.get(5)?);
+    Some(Mount {
+        dev: (*dev).to_owned(),
+        point: unescape_mount(point),
+        read_only: opts.split(',').any(|o| o == "ro"),
+    })
+}
+
+/// Mount points in mountinfo escape space, tab, newline and backslash as
+/// octal (`\040`).
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mountinfo_lines() {
+        let m = super::parse_mountinfo_line(
+            "36 35 7:1 / /mnt/my\\040disk ro,relatime shared:1 - ext4 /dev/loop1 ro",
+        )
+        .unwrap();
+        assert_eq!(
+            (m.dev.as_str(), m.point.as_str(), m.read_only),
+            ("7:1", "/mnt/my disk", true)
+        );
+        let m = super::parse_mountinfo_line("1 0 8:2 / / rw,noatime - ext4 /dev/sda2 rw").unwrap();
+        assert!(!m.read_only);
+        assert!(super::parse_mountinfo_line("garbage").is_none());
+    }
+
+    #[test]
+    fn mount_points_are_unescaped() {
+        assert_eq!(super::unescape_mount("/plain"), "/plain");
+        assert_eq!(super::unescape_mount("/end\\04"), "/end\\04");
+    }
+}

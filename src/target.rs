@@ -491,20 +491,13 @@ fn open_disk_readonly(disk: &SysBlock) -> Result<(File, u64, u32)> {
     Ok((f, size, sector))
 }
 
-/// Refuses when any of `devs` appears as a mount source in mountinfo, or is
-/// an active swap area.
+/// Refuses when any of `devs` is mounted or is an active swap area.
 fn check_not_mounted(display: &str, devs: &[SysBlock]) -> Result<()> {
-    let mountinfo =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    for line in mountinfo.lines() {
-        // Field 3 is the st_dev "major:minor" of the mounted filesystem,
-        // field 5 its mount point (proc(5)).
-        let fields: Vec<&str> = line.split(' ').collect();
-        if let (Some(dev), Some(point)) = (fields.get(2), fields.get(4))
-            && devs.iter().any(|d| d.dev == *dev)
-        {
-            return Err(PreflightError::Mounted(display.into(), unescape_mount(point)).into());
-        }
+    if let Some(m) = blockdev::mounts()?
+        .into_iter()
+        .find(|m| devs.iter().any(|d| d.dev == m.dev))
+    {
+        return Err(PreflightError::Mounted(display.into(), m.point).into());
     }
     let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
     for name in swaps
@@ -522,35 +515,4 @@ fn check_not_mounted(display: &str, devs: &[SysBlock]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Mount points in mountinfo escape space, tab, newline and backslash as
-/// octal (`\040`).
-fn unescape_mount(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn mount_points_are_unescaped() {
-        assert_eq!(super::unescape_mount("/mnt/my\\040disk"), "/mnt/my disk");
-        assert_eq!(super::unescape_mount("/plain"), "/plain");
-        assert_eq!(super::unescape_mount("/end\\04"), "/end\\04");
-    }
 }

@@ -297,3 +297,25 @@ fn mbr_disk_and_partition_device_capture_and_restore() {
     assert_extents_match(&primg, &part, &out2);
     assert!(run("e2fsck", &["-fn", s(&out2)]).status.success());
 }
+
+#[test]
+fn imagecreate_refuses_a_filesystem_mounted_read_write() {
+    let dir = scratch();
+    let img = dir.path().join("fs.img");
+    make_ext4(&img, 32, &sample_files(dir.path(), 2));
+    let l = Loop::new(&img);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let rimg = dir.path().join("fs.rimg");
+    sh("mount", &[&l.dev, s(&mnt)]);
+    let rw = create(l.path(), &rimg, &[]);
+    sh("mount", &["-o", "remount,ro", s(&mnt)]);
+    let ro = create(l.path(), &rimg, &[]);
+    sh("umount", &[s(&mnt)]);
+    assert_fails_with(&rw, "is mounted read-write at");
+    assert!(
+        ro.status.success(),
+        "read-only mounts are fine: {}",
+        stderr(&ro)
+    );
+}

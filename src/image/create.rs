@@ -94,6 +94,7 @@ pub fn create(
         open_read_direct(source).with_context(|| format!("opening {}", source.display()))?;
     let (size, sector, is_partition) = if meta.file_type().is_block_device() {
         let sys = crate::blockdev::SysBlock::of_node(source)?;
+        check_not_mounted_rw(source, &sys)?;
         (
             crate::blockdev::size_bytes(&file)?,
             crate::blockdev::logical_sector_size(&file)?,
@@ -230,6 +231,26 @@ pub fn create(
         extents,
         notes: plan.notes,
     })
+}
+
+/// A filesystem mounted read-write changes while it is read: its image
+/// would be inconsistent (and its bitmaps cannot be trusted), so refuse.
+fn check_not_mounted_rw(source: &Path, sys: &crate::blockdev::SysBlock) -> Result<()> {
+    let mut devs = vec![sys.dev.clone()];
+    devs.extend(sys.partitions().into_iter().map(|p| p.dev));
+    devs.extend(sys.parent().map(|p| p.dev));
+    let mounts = crate::blockdev::mounts()?;
+    if let Some(m) = mounts
+        .iter()
+        .find(|m| !m.read_only && devs.contains(&m.dev))
+    {
+        bail!(
+            "{} is mounted read-write at {}; unmount it or remount it read-only first",
+            source.display(),
+            m.point
+        );
+    }
+    Ok(())
 }
 
 /// The image file's name without `.rimg`, as the manifest's default name.
