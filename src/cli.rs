@@ -51,7 +51,7 @@ pub struct OutputArgs {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Image file, raw/.gz/.xz/.zst image, or block device to copy from
+    /// Image file, raw/.gz/.xz/.zst image, block device or http(s) URL
     #[arg(long, value_name = "SOURCE")]
     pub source: String,
     /// Block device or file to erase and write
@@ -78,6 +78,15 @@ pub struct RestoreArgs {
     /// Size of each verification buffer (k, m, g suffixes)
     #[arg(long, default_value = "1m", value_parser = parse_buffer_size)]
     pub csumbuffersize: u64,
+    /// Parallel connections for a prepared image over HTTP
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub connections: u32,
+    /// Attempts after the first before a network request is given up
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub retries: u32,
+    /// Also trust the CA certificates in this PEM file (https sources)
+    #[arg(long, value_name = "PEM")]
+    pub cacert: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -120,6 +120,12 @@ fn restore_cmd(a: reimage::cli::RestoreArgs, exact: bool) -> anyhow::Result<()> 
         csum_buffers: a.csumbuffers as usize,
         csum_buffer_size: a.csumbuffersize as usize,
         workers: 0,
+        http: reimage::source::HttpOptions {
+            connections: a.connections as usize,
+            cacert: a.cacert.clone(),
+            retries: a.retries,
+            ..Default::default()
+        },
     };
     let report = restore::restore(&a.source, &a.target, &opts, progress.as_ref())?;
     progress.note(&format!(

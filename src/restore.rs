@@ -45,6 +45,8 @@ pub struct RestoreOptions {
     pub csum_buffer_size: usize,
     /// Decompression/hashing threads; 0 means one per CPU.
     pub workers: usize,
+    /// How http(s) sources are fetched.
+    pub http: source::HttpOptions,
 }
 
 impl Default for RestoreOptions {
@@ -59,6 +61,7 @@ impl Default for RestoreOptions {
             csum_buffers: 2,
             csum_buffer_size: 1 << 20,
             workers: 0,
+            http: source::HttpOptions::default(),
         }
     }
 }
@@ -95,7 +98,11 @@ pub fn restore(
         );
     }
     progress.start(Phase::ValidateSource, 0);
-    let mut src = source::open(source_spec, opts.buffer_size)?;
+    let source_opts = source::SourceOptions {
+        piece_len: opts.buffer_size,
+        http: opts.http.clone(),
+    };
+    let mut src = source::open(source_spec, &source_opts)?;
     progress.finish(Phase::ValidateSource);
 
     progress.start(Phase::ValidateTarget, 0);

@@ -459,11 +459,23 @@ pub fn read_head(r: &mut impl Read) -> anyhow::Result<ImageHead> {
     let mut manifest_bytes = Vec::new();
     r.take(header.manifest_len)
         .read_to_end(&mut manifest_bytes)?;
+    let head = parse_head(header, manifest_bytes)?;
+    // Skip the padding so the reader sits at the payload area.
+    let padding = head.manifest.payload_area - HEADER_LEN as u64 - head.header.manifest_len;
+    if std::io::copy(&mut r.take(padding), &mut std::io::sink())? != padding {
+        return Err(manifest_err("truncated before the payload area").into());
+    }
+    Ok(head)
+}
+
+/// Checks a manifest against its header: length, digest, contents, and
+/// where the payload area starts.
+pub fn parse_head(header: Header, manifest_bytes: Vec<u8>) -> Result<ImageHead, FormatError> {
     if manifest_bytes.len() as u64 != header.manifest_len {
-        return Err(FormatError::Manifest("truncated".into()).into());
+        return Err(FormatError::Manifest("truncated".into()));
     }
     if manifest_digest(&manifest_bytes) != header.manifest_digest {
-        return Err(FormatError::ManifestDigest.into());
+        return Err(FormatError::ManifestDigest);
     }
     let manifest = Manifest::decode(&manifest_bytes)?;
     let head_end = HEADER_LEN as u64 + header.manifest_len;
@@ -472,13 +484,7 @@ pub fn read_head(r: &mut impl Read) -> anyhow::Result<ImageHead> {
         return Err(manifest_err(format!(
             "payload area at {} does not follow the manifest",
             manifest.payload_area
-        ))
-        .into());
-    }
-    // Skip the padding so the reader sits at the payload area.
-    let padding = padding.unwrap_or(0);
-    if std::io::copy(&mut r.take(padding), &mut std::io::sink())? != padding {
-        return Err(manifest_err("truncated before the payload area").into());
+        )));
     }
     Ok(ImageHead {
         header,

@@ -88,7 +88,10 @@ fn convert_compressed(
     scratch.push(".raw.partial");
     let scratch = PathBuf::from(scratch);
     let result = (|| {
-        let mut src = crate::source::open(&path.to_string_lossy(), 1 << 20)?;
+        let mut src = crate::source::open(
+            &path.to_string_lossy(),
+            &crate::source::SourceOptions::default(),
+        )?;
         let len = src.info().source_len.unwrap_or(0);
         let file =
             File::create(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
@@ -118,7 +121,7 @@ fn convert_compressed(
 fn scan_prepared(path: &Path, progress: &dyn ProgressSink) -> Result<ScanReport> {
     let (file, direct) = open_read_direct(path)?;
     let reader = DirectReader::new(file, direct, crate::source::READ_BLOCK);
-    let mut src = PreparedSource::new(path, reader)?;
+    let mut src = PreparedSource::new(path.display().to_string(), Box::new(reader))?;
     let head = src.info().head.clone().expect("prepared source has a head");
     let m = &head.manifest;
     let total = m.payload_bytes();

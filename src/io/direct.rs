@@ -3,7 +3,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-use super::{AlignedBuf, IO_ALIGN};
+use super::{AlignedBuf, IO_ALIGN, SeqRead};
 
 /// Opens a file or device for reading, with O_DIRECT when the filesystem
 /// allows it. Returns the file and whether O_DIRECT is on. Reading large
@@ -51,34 +51,6 @@ impl DirectReader {
         }
     }
 
-    /// Bytes consumed so far (the logical read position).
-    pub fn position(&self) -> u64 {
-        self.buf_offset + self.pos as u64
-    }
-
-    /// Moves the read position forward to `offset` (never backward).
-    pub fn skip_to(&mut self, offset: u64) -> io::Result<()> {
-        let here = self.position();
-        if offset < here {
-            return Err(io::Error::other(
-                "internal: DirectReader cannot seek backwards",
-            ));
-        }
-        let in_buf = self.buf_offset + self.filled as u64;
-        if offset <= in_buf {
-            self.pos = (offset - self.buf_offset) as usize;
-        } else {
-            // Restart at the aligned block holding `offset`.
-            let aligned = offset / IO_ALIGN as u64 * IO_ALIGN as u64;
-            self.buf_offset = aligned;
-            self.filled = 0;
-            self.pos = 0;
-            self.refill()?;
-            self.pos = ((offset - aligned) as usize).min(self.filled);
-        }
-        Ok(())
-    }
-
     fn refill(&mut self) -> io::Result<()> {
         self.buf_offset += self.filled as u64;
         self.pos = 0;
@@ -100,6 +72,35 @@ impl DirectReader {
             if self.direct && self.filled % 512 != 0 {
                 break;
             }
+        }
+        Ok(())
+    }
+}
+
+impl SeqRead for DirectReader {
+    fn position(&self) -> u64 {
+        self.buf_offset + self.pos as u64
+    }
+
+    /// Jumps: restarts reading at the aligned block holding `offset`.
+    fn skip_to(&mut self, offset: u64) -> io::Result<()> {
+        let here = self.position();
+        if offset < here {
+            return Err(io::Error::other(
+                "internal: DirectReader cannot seek backwards",
+            ));
+        }
+        let in_buf = self.buf_offset + self.filled as u64;
+        if offset <= in_buf {
+            self.pos = (offset - self.buf_offset) as usize;
+        } else {
+            // Restart at the aligned block holding `offset`.
+            let aligned = offset / IO_ALIGN as u64 * IO_ALIGN as u64;
+            self.buf_offset = aligned;
+            self.filled = 0;
+            self.pos = 0;
+            self.refill()?;
+            self.pos = ((offset - aligned) as usize).min(self.filled);
         }
         Ok(())
     }

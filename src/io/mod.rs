@@ -7,6 +7,34 @@ mod direct;
 pub use aligned::AlignedBuf;
 pub use direct::{DirectReader, open_read_direct};
 
+/// A forward-only byte stream that knows its position: a local file read
+/// with O_DIRECT, or the body of an HTTP response. Sources read images
+/// through this, whatever carries them.
+pub trait SeqRead: std::io::Read + Send {
+    /// Bytes consumed so far.
+    fn position(&self) -> u64;
+
+    /// Moves forward to `offset`, never backwards. The default reads and
+    /// discards, which is what a network stream has to do.
+    fn skip_to(&mut self, offset: u64) -> std::io::Result<()> {
+        let here = self.position();
+        if offset < here {
+            return Err(std::io::Error::other(
+                "internal: cannot seek a stream backwards",
+            ));
+        }
+        let gap = offset - here;
+        let skipped = std::io::copy(
+            &mut std::io::Read::take(&mut *self, gap),
+            &mut std::io::sink(),
+        )?;
+        if skipped < gap {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+}
+
 /// Alignment of every I/O buffer, in bytes. O_DIRECT needs buffers aligned to
 /// the device's logical block size; 4096 covers 512e and 4Kn devices alike.
 pub const IO_ALIGN: usize = 4096;

@@ -3,12 +3,12 @@
 //! in whatever order it reads them; the pipeline writes positionally, so
 //! order never matters for correctness.
 
+mod http;
 mod prepared;
 mod raw;
 
 use std::fmt::Display;
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
@@ -17,8 +17,9 @@ use anyhow::{Context, Result, bail};
 use crate::image::format::{self, Codec, Content, Digest, ImageHead, Manifest};
 use crate::io::{AlignedBuf, DirectReader, open_read_direct};
 
+pub use http::HttpOptions;
 pub use prepared::PreparedSource;
-pub use raw::{Compression, RawSource};
+pub use raw::{Compression, RawSource, RawSpec};
 
 /// Size of the blocks the sequential readers fetch, in bytes: large enough
 /// that O_DIRECT reads run at device speed.
@@ -94,37 +95,85 @@ pub fn sniff(head: &[u8]) -> Sniffed {
     }
 }
 
-/// Opens a source named on the command line. `piece_len` is the size of
-/// the pieces raw sources cut their stream into (`--buffersize`).
-pub fn open(spec: &str, piece_len: usize) -> Result<Box<dyn ChunkSource>> {
+/// How sources are opened: what raw pieces look like and how the network
+/// is used.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// Size of the pieces raw streams are cut into (`--buffersize`).
+    pub piece_len: usize,
+    pub http: HttpOptions,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            piece_len: 1 << 20,
+            http: HttpOptions::default(),
+        }
+    }
+}
+
+/// Bytes sniffed from the start of a source: enough for every magic and for
+/// a zstd frame header with its content size (at most 18 bytes).
+const SNIFF_LEN: usize = 18;
+
+/// Opens a source named on the command line: a path, a block device, or an
+/// http(s):// URL.
+pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
+    if spec.starts_with("http://") || spec.starts_with("https://") {
+        return http::open(spec, opts);
+    }
     if let Some((scheme, _)) = spec.split_once("://") {
-        bail!(
-            "{scheme}:// sources are not supported by this version of reimage (local files and devices only)"
-        );
+        bail!("{scheme}:// sources are not supported by this version of reimage");
     }
     let path = Path::new(spec);
     let meta = std::fs::metadata(path).with_context(|| format!("opening source {spec}"))?;
     if meta.file_type().is_block_device() {
-        return Ok(Box::new(RawSource::block_device(path, piece_len)?));
+        return Ok(Box::new(RawSource::block_device(path, opts.piece_len)?));
     }
     if !meta.is_file() {
         bail!("source {spec} is neither a file nor a block device");
     }
-    let mut head = [0u8; 8];
-    let n = File::open(path)?.read(&mut head)?;
+    let mut head = [0u8; SNIFF_LEN];
+    let n = crate::io::read_full(&mut File::open(path)?, &mut head)?;
     let (file, direct) =
         open_read_direct(path).with_context(|| format!("opening source {spec}"))?;
-    let reader = DirectReader::new(file, direct, READ_BLOCK);
-    Ok(match sniff(&head[..n]) {
-        Sniffed::Prepared => Box::new(PreparedSource::new(path, reader)?),
-        Sniffed::Compressed(c) => Box::new(RawSource::compressed(
-            path,
-            reader,
-            c,
-            meta.len(),
-            piece_len,
-        )?),
-        Sniffed::Raw => Box::new(RawSource::file(path, reader, meta.len(), piece_len)),
+    let reader = Box::new(DirectReader::new(file, direct, READ_BLOCK));
+    from_stream(
+        spec.to_owned(),
+        &head[..n],
+        reader,
+        Some(meta.len()),
+        opts.piece_len,
+    )
+}
+
+/// A source over one sequential stream whose first bytes are `head`.
+fn from_stream(
+    name: String,
+    head: &[u8],
+    reader: Box<dyn crate::io::SeqRead>,
+    stream_len: Option<u64>,
+    piece_len: usize,
+) -> Result<Box<dyn ChunkSource>> {
+    let spec = |size, compression| RawSpec {
+        name: name.clone(),
+        size,
+        stream_len,
+        sector_size: 512,
+        compression,
+    };
+    Ok(match sniff(head) {
+        Sniffed::Prepared => Box::new(PreparedSource::new(name, reader)?),
+        Sniffed::Compressed(c) => {
+            let size = if c == Compression::Zstd {
+                raw::zstd_content_size(head)
+            } else {
+                None
+            };
+            Box::new(RawSource::new(spec(size, Some(c)), reader, piece_len)?)
+        }
+        Sniffed::Raw => Box::new(RawSource::new(spec(stream_len, None), reader, piece_len)?),
     })
 }
 
@@ -179,11 +228,11 @@ mod tests {
     }
 
     #[test]
-    fn network_schemes_get_a_clear_error() {
-        let err = open("http://example.invalid/x.rimg", 1 << 20)
+    fn unknown_schemes_get_a_clear_error() {
+        let err = open("ftp://example.invalid/x.rimg", &SourceOptions::default())
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("http:// sources are not supported"), "{err}");
+        assert!(err.contains("ftp:// sources are not supported"), "{err}");
     }
 }

@@ -1,0 +1,303 @@
+//! Restores over HTTP from a real nginx on loopback, directly and through a
+//! proxy that cuts connections at random points.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+
+/// Images every test serves, built once.
+struct Fixtures {
+    root: PathBuf,
+    /// The raw 48 MiB ext4 filesystem image.
+    raw: PathBuf,
+}
+
+fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        let root = scratch().keep();
+        let raw = root.join("fs.img");
+        make_ext4(&raw, 48, &sample_files(&root.join("src"), 16));
+        let o = reimage(&["imagecreate", "--source", s(&raw), "--image", s(&root.join("fs.rimg"))]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        sh("sh", &["-c", &format!("gzip -1 -c {0} > {0}.gz && xz -0 -T2 -c {0} > {0}.xz && zstd -q -1 {0} -o {0}.zst", s(&raw))]);
+        Fixtures { root, raw }
+    })
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16) {
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("nothing listens on port {port}");
+}
+
+/// A real nginx serving `root` on a loopback port, stopped on drop.
+struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// `extra` goes into the server block (e.g. `max_ranges 0;`).
+    fn serve(root: &Path, extra: &str) -> Nginx {
+        let dir = scratch();
+        let port = free_port();
+        let p = dir.path().display();
+        let conf = format!(
+            "master_process off; daemon off; pid {p}/nginx.pid; error_log {p}/error.log;
+             events {{}}
+             http {{
+               access_log off; sendfile on; default_type application/octet-stream;
+               client_body_temp_path {p}; proxy_temp_path {p}; fastcgi_temp_path {p};
+               uwsgi_temp_path {p}; scgi_temp_path {p};
+               server {{ listen 127.0.0.1:{port}; root {}; {extra}
+                 location /broken/ {{ return 500; }} }}
+             }}",
+            root.display()
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .args([
+                "-p",
+                &p.to_string(),
+                "-c",
+                &format!("{p}/nginx.conf"),
+                "-e",
+                &format!("{p}/error.log"),
+            ])
+            .spawn()
+            .expect("starting nginx");
+        wait_for_port(port);
+        Nginx {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy in front of `upstream` that cuts every response after a
+/// pseudo-random number of bytes between `min` and `max`.
+struct CuttingProxy {
+    port: u16,
+}
+
+impl CuttingProxy {
+    fn start(upstream: u16, min: u64, max: u64) -> CuttingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let cut = min + seed % (max - min);
+                std::thread::spawn(move || relay(client, upstream, cut));
+            }
+        });
+        CuttingProxy { port }
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+fn relay(client: TcpStream, upstream: u16, cut: u64) {
+    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c_in, &mut s_out);
+        let _ = s_out.shutdown(Shutdown::Write);
+    });
+    let (mut s_in, mut c_out) = (server, client);
+    let mut sent = 0u64;
+    let mut buf = [0u8; 16384];
+    while sent < cut {
+        let want = buf.len().min((cut - sent) as usize);
+        match s_in.read(&mut buf[..want]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if c_out.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                sent += n as u64;
+            }
+        }
+    }
+    let _ = c_out.shutdown(Shutdown::Both);
+    let _ = s_in.shutdown(Shutdown::Both);
+}
+
+fn restore_url(url: &str, target: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "restore",
+        "--source",
+        url,
+        "--target",
+        s(target),
+        "--erase",
+        "--noprompt",
+    ];
+    args.extend_from_slice(extra);
+    reimage(&args)
+}
+
+#[test]
+fn every_format_round_trips_from_nginx() {
+    let f = fixtures();
+    let nginx = Nginx::serve(&f.root, "");
+    let dir = scratch();
+    let want = digest(&f.raw);
+    for name in ["fs.rimg", "fs.img", "fs.img.gz", "fs.img.xz", "fs.img.zst"] {
+        let out = dir.path().join("out.img");
+        let o = restore_url(&nginx.url(name), &out, &[]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        if name.ends_with(".rimg") {
+            assert_extents_match(&f.root.join(name), &f.raw, &out);
+            assert!(run("e2fsck", &["-fn", s(&out)]).status.success());
+        } else {
+            assert_eq!(digest(&out), want, "{name}");
+        }
+        std::fs::remove_file(&out).unwrap();
+    }
+}
+
+#[test]
+fn prepared_image_onto_a_loop_device_over_http() {
+    let f = fixtures();
+    let nginx = Nginx::serve(&f.root, "");
+    let dir = scratch();
+    let file = dir.path().join("t.img");
+    sh(
+        "sh",
+        &["-c", &format!("head -c 48M /dev/urandom > {}", s(&file))],
+    );
+    let l = Loop::new(&file);
+    let o = restore_url(&nginx.url("fs.rimg"), l.path(), &["--connections", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("prepared image"), "{}", stdout(&o));
+    assert_extents_match(&f.root.join("fs.rimg"), &f.raw, l.path());
+    assert_fsck_clean(l.path(), 0, 48 * MIB);
+}
+
+#[test]
+fn connections_cut_at_random_points_cost_nothing() {
+    let f = fixtures();
+    let nginx = Nginx::serve(&f.root, "");
+    // Every response is cut somewhere in its first 64 KiB .. 1 MiB.
+    let proxy = CuttingProxy::start(nginx.port, 64 << 10, 1 << 20);
+    let dir = scratch();
+    for name in ["fs.rimg", "fs.img.gz", "fs.img"] {
+        let out = dir.path().join("out.img");
+        let o = restore_url(&proxy.url(name), &out, &[]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        if name.ends_with(".rimg") {
+            assert_extents_match(&f.root.join(name), &f.raw, &out);
+        } else {
+            assert_eq!(digest(&out), digest(&f.raw), "{name}");
+        }
+        std::fs::remove_file(&out).unwrap();
+    }
+}
+
+#[test]
+fn a_server_without_range_support_gets_one_stream() {
+    let f = fixtures();
+    let nginx = Nginx::serve(&f.root, "max_ranges 0;");
+    let dir = scratch();
+    let out = dir.path().join("out.img");
+    let o = restore_url(&nginx.url("fs.rimg"), &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_extents_match(&f.root.join("fs.rimg"), &f.raw, &out);
+}
+
+#[test]
+fn http_errors_are_clear_and_safe() {
+    let f = fixtures();
+    let dir = scratch();
+    // A corrupt and a truncated copy of the prepared image.
+    let bad = dir.path().join("www");
+    std::fs::create_dir(&bad).unwrap();
+    let head = head_of(&f.root.join("fs.rimg"));
+    let mut bytes = std::fs::read(f.root.join("fs.rimg")).unwrap();
+    let e = head.manifest.extents.last().unwrap();
+    bytes.truncate((head.manifest.payload_area + e.payload_offset + 10) as usize);
+    std::fs::write(bad.join("truncated.rimg"), &bytes).unwrap();
+    let mut bytes = std::fs::read(f.root.join("fs.rimg")).unwrap();
+    let at =
+        (head.manifest.payload_area + e.payload_offset + u64::from(e.payload_len) / 2) as usize;
+    bytes[at] ^= 0x40;
+    std::fs::write(bad.join("corrupt.rimg"), &bytes).unwrap();
+    let nginx = Nginx::serve(&bad, "");
+
+    let file = dir.path().join("t.img");
+    sh(
+        "sh",
+        &["-c", &format!("head -c 48M /dev/urandom > {}", s(&file))],
+    );
+    let l = Loop::new(&file);
+    let before = digest(&file);
+    // Refused before anything is written: the target is untouched.
+    for (name, needle) in [("missing.rimg", "HTTP 404"), ("broken/x.rimg", "HTTP 500")] {
+        let o = restore_url(&nginx.url(name), l.path(), &[]);
+        assert_fails_with(&o, needle);
+        assert_eq!(digest(&file), before, "{name}");
+    }
+    let o = restore_url("http://127.0.0.1:1/x.rimg", l.path(), &["--retries", "1"]);
+    assert_fails_with(&o, "giving up after 2 attempts");
+    assert_eq!(digest(&file), before);
+    // Failing after writing began: the target is erased to a valid empty state.
+    for (name, needle) in [
+        ("truncated.rimg", "truncated"),
+        ("corrupt.rimg", "the image is corrupt"),
+    ] {
+        let o = restore_url(&nginx.url(name), l.path(), &["--retries", "2"]);
+        assert_fails_with(&o, needle);
+        assert!(
+            stderr(&o).contains("erased to a valid empty state"),
+            "{}",
+            stderr(&o)
+        );
+        assert_empty_gpt(l.path());
+    }
+}
