@@ -64,9 +64,20 @@ struct Nginx {
 impl Nginx {
     /// `extra` goes into the server block (e.g. `max_ranges 0;`).
     fn serve(root: &Path, extra: &str) -> Nginx {
-        let dir = scratch();
         let port = free_port();
+        let server = format!(
+            "server {{ listen 127.0.0.1:{port}; root {}; {extra}
+               location /broken/ {{ return 500; }} }}",
+            root.display()
+        );
+        Self::start(&server, port)
+    }
+
+    /// Starts nginx with the given server blocks; waits for `port`.
+    fn start(servers: &str, port: u16) -> Nginx {
+        let dir = scratch();
         let p = dir.path().display();
+        // One process (no master): killing it by PID stops everything.
         let conf = format!(
             "master_process off; daemon off; pid {p}/nginx.pid; error_log {p}/error.log;
              events {{}}
@@ -74,10 +85,8 @@ impl Nginx {
                access_log off; sendfile on; default_type application/octet-stream;
                client_body_temp_path {p}; proxy_temp_path {p}; fastcgi_temp_path {p};
                uwsgi_temp_path {p}; scgi_temp_path {p};
-               server {{ listen 127.0.0.1:{port}; root {}; {extra}
-                 location /broken/ {{ return 500; }} }}
-             }}",
-            root.display()
+               {servers}
+             }}"
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
         let child = Command::new("nginx")
@@ -300,4 +309,60 @@ fn http_errors_are_clear_and_safe() {
         );
         assert_empty_gpt(l.path());
     }
+}
+
+#[test]
+fn https_with_a_private_ca() {
+    let f = fixtures();
+    let certs = scratch();
+    sh(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/make-tls-certs"),
+        &[s(certs.path())],
+    );
+    let c = certs.path().display();
+    let ports = [free_port(), free_port(), free_port()];
+    let servers: String = ["good", "expired", "wrong-name"]
+        .iter()
+        .zip(ports)
+        .map(|(cert, port)| {
+            format!(
+                "server {{ listen 127.0.0.1:{port} ssl; root {}; ssl_certificate {c}/{cert}.pem;
+                   ssl_certificate_key {c}/server.key; }}\n",
+                f.root.display()
+            )
+        })
+        .collect();
+    let nginx = Nginx::start(&servers, ports[2]);
+    wait_for_port(ports[0]);
+    wait_for_port(ports[1]);
+    let url = |port: u16| format!("https://127.0.0.1:{port}/fs.rimg");
+    let ca = certs.path().join("ca.pem");
+    let dir = scratch();
+    let out = dir.path().join("out.img");
+
+    let o = restore_url(&url(ports[0]), &out, &["--cacert", s(&ca)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_extents_match(&f.root.join("fs.rimg"), &f.raw, &out);
+    std::fs::remove_file(&out).unwrap();
+
+    for (port, extra, needle) in [
+        (ports[0], vec![], "not signed by a trusted CA"),
+        (ports[1], vec!["--cacert", s(&ca)], "has expired"),
+        (
+            ports[2],
+            vec!["--cacert", s(&ca)],
+            "not valid for this host name",
+        ),
+    ] {
+        let o = restore_url(&url(port), &out, &extra);
+        assert_fails_with(&o, needle);
+        assert!(!out.exists(), "a refused restore created its target");
+    }
+    let o = restore_url(
+        &url(ports[0]),
+        &out,
+        &["--cacert", s(&certs.path().join("server.csr"))],
+    );
+    assert_fails_with(&o, "no PEM certificate");
+    drop(nginx);
 }

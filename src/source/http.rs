@@ -122,16 +122,22 @@ fn client(opts: &HttpOptions) -> Result<Client> {
 fn classify(url: &str, e: reqwest::Error) -> FetchError {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(c) = cause {
-        let tls = c.downcast_ref::<rustls::Error>().or_else(|| {
-            c.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref()?.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = tls {
+        if let Some(tls) = find_tls_error(c) {
             return FetchError::Fatal(anyhow!("TLS with {}: {}", host_of(url), describe_tls(tls)));
         }
         cause = c.source();
     }
     FetchError::Retryable(anyhow::Error::new(e).context(format!("fetching {url}")))
+}
+
+/// The rustls error inside `e`, looking through nested io::Errors (whose
+/// `source()` skips the error they wrap, so the plain chain misses it).
+fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    find_tls_error(inner)
 }
 
 fn describe_tls(e: &rustls::Error) -> String {
