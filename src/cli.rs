@@ -84,6 +84,10 @@ pub struct RestoreArgs {
     /// Attempts after the first before a network request is given up
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub retries: u32,
+    /// Require IMAGE.minisig, a signature by this minisign public key (the
+    /// key or a key file) over the image's manifest
+    #[arg(long, value_name = "KEY")]
+    pub pubkey: Option<String>,
     /// Also trust the CA certificates in this PEM file (https sources)
     #[arg(long, value_name = "PEM")]
     pub cacert: Option<PathBuf>,
@@ -100,6 +104,10 @@ pub struct ImagescanArgs {
     /// (default: beside it, named NAME.rimg)
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Also write the image's manifest to FILE, for signing with
+    /// `minisign -S -m FILE -x IMAGE.minisig`
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
     #[command(flatten)]
     pub create: CreateTuning,
     #[command(flatten)]

@@ -12,6 +12,7 @@ pub mod progress;
 mod ranges;
 pub mod restore;
 mod signals;
+pub mod signature;
 pub mod source;
 pub mod target;
 pub mod util;

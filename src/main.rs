@@ -86,6 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let progress = sink(&a.out);
             let opts = ScanOptions {
                 output: a.output,
+                manifest_out: a.manifest,
                 create: create_options(&a.create)?,
             };
             let report = image::scan(&a.image, &opts, progress.as_ref())?;
@@ -120,6 +121,11 @@ fn restore_cmd(a: reimage::cli::RestoreArgs, exact: bool) -> anyhow::Result<()> 
         csum_buffers: a.csumbuffers as usize,
         csum_buffer_size: a.csumbuffersize as usize,
         workers: 0,
+        pubkey: a
+            .pubkey
+            .as_deref()
+            .map(reimage::signature::parse_pubkey)
+            .transpose()?,
         http: reimage::source::HttpOptions {
             connections: a.connections as usize,
             cacert: a.cacert.clone(),

@@ -47,6 +47,8 @@ pub struct RestoreOptions {
     pub workers: usize,
     /// How http(s) sources are fetched.
     pub http: source::HttpOptions,
+    /// Require a signature by this key over the image's manifest.
+    pub pubkey: Option<minisign_verify::PublicKey>,
 }
 
 impl Default for RestoreOptions {
@@ -62,6 +64,7 @@ impl Default for RestoreOptions {
             csum_buffer_size: 1 << 20,
             workers: 0,
             http: source::HttpOptions::default(),
+            pubkey: None,
         }
     }
 }
@@ -103,6 +106,10 @@ pub fn restore(
         http: opts.http.clone(),
     };
     let mut src = source::open(source_spec, &source_opts)?;
+    if let Some(key) = &opts.pubkey {
+        check_signature(source_spec, src.as_ref(), key, &source_opts)?;
+        progress.detail(&format!("{source_spec}: signature verified"));
+    }
     progress.finish(Phase::ValidateSource);
 
     progress.start(Phase::ValidateTarget, 0);
@@ -138,6 +145,29 @@ pub fn restore(
             }
         }
     }
+}
+
+/// With `--pubkey`: the image must be prepared and its manifest signed by
+/// that key, checked before anything is written.
+fn check_signature(
+    source_spec: &str,
+    src: &dyn ChunkSource,
+    key: &minisign_verify::PublicKey,
+    opts: &source::SourceOptions,
+) -> Result<()> {
+    let head = src.info().head.as_ref().ok_or_else(|| {
+        anyhow!(
+            "--pubkey: {source_spec} is not a prepared image; only prepared images carry signatures"
+        )
+    })?;
+    let sig = source::fetch_signature(source_spec, opts)?
+        .ok_or_else(|| anyhow!("{source_spec} is not signed ({source_spec}.minisig not found) and --pubkey requires a signature"))?;
+    crate::signature::verify_manifest(
+        key,
+        &head.manifest_bytes,
+        &sig,
+        &format!("{source_spec}.minisig"),
+    )
 }
 
 /// Every check that must pass before the first write, including asking.

@@ -366,3 +366,27 @@ fn https_with_a_private_ca() {
     assert_fails_with(&o, "no PEM certificate");
     drop(nginx);
 }
+
+#[test]
+fn signed_images_over_http() {
+    let f = fixtures();
+    let www = scratch();
+    let image = www.path().join("fs.rimg");
+    std::fs::copy(f.root.join("fs.rimg"), &image).unwrap();
+    let (public, secret) = keypair(www.path(), "k");
+    sign(&image, &secret);
+    let nginx = Nginx::serve(www.path(), "");
+    let dir = scratch();
+    let out = dir.path().join("out.img");
+    let o = restore_url(&nginx.url("fs.rimg"), &out, &["--pubkey", s(&public)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_file(&out).unwrap();
+    let (_, other_secret) = keypair(www.path(), "other");
+    sign(&image, &other_secret);
+    let o = restore_url(&nginx.url("fs.rimg"), &out, &["--pubkey", s(&public)]);
+    assert_fails_with(&o, "different key");
+    std::fs::remove_file(format!("{}.minisig", s(&image))).unwrap();
+    let o = restore_url(&nginx.url("fs.rimg"), &out, &["--pubkey", s(&public)]);
+    assert_fails_with(&o, "is not signed");
+    assert!(!out.exists());
+}

@@ -20,6 +20,8 @@ use crate::source::{ChunkSource, Piece, PreparedSource, Slot, Sniffed, sniff, un
 pub struct ScanOptions {
     /// Where to write the prepared image made from a raw one.
     pub output: Option<PathBuf>,
+    /// Where to write the manifest bytes, for signing.
+    pub manifest_out: Option<PathBuf>,
     pub create: CreateOptions,
 }
 
@@ -33,6 +35,21 @@ pub struct ScanReport {
 }
 
 pub fn scan(path: &Path, opts: &ScanOptions, progress: &dyn ProgressSink) -> Result<ScanReport> {
+    let report = scan_or_convert(path, opts, progress)?;
+    if let Some(out) = &opts.manifest_out {
+        // The exact bytes a signature must cover (see docs/FORMAT.md).
+        let head = super::format::read_head(&mut File::open(&report.image)?)?;
+        std::fs::write(out, &head.manifest_bytes)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(report)
+}
+
+fn scan_or_convert(
+    path: &Path,
+    opts: &ScanOptions,
+    progress: &dyn ProgressSink,
+) -> Result<ScanReport> {
     let mut magic = [0u8; 8];
     let n = File::open(path)
         .with_context(|| format!("opening {}", path.display()))?

@@ -179,12 +179,22 @@ fn get(
         req = req.header(reqwest::header::RANGE, spec);
     }
     let resp = req.send().map_err(|e| classify(url, e))?;
+    check_status(url, resp, range.map(|(start, _)| start))
+}
+
+/// Passes a successful response; turns others into errors that say
+/// whether retrying can help. `range_start` is where a Range began.
+fn check_status(
+    url: &str,
+    resp: Response,
+    range_start: Option<u64>,
+) -> Result<Response, FetchError> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);
     }
-    let err = match (status, range) {
-        (StatusCode::RANGE_NOT_SATISFIABLE, Some((start, _))) => {
+    let err = match (status, range_start) {
+        (StatusCode::RANGE_NOT_SATISFIABLE, Some(start)) => {
             anyhow!(
                 "{url} has no byte {start} (HTTP {status}): the image on the server is truncated"
             )
@@ -307,6 +317,28 @@ pub fn open(url: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
         total,
         opts.piece_len,
     )
+}
+
+/// Largest small file (a signature) fetched whole, in bytes.
+const SMALL_FILE_LIMIT: u64 = 64 << 10;
+
+/// Fetches a small text file such as a signature; None on 404.
+pub fn fetch_small(url: &str, opts: &HttpOptions) -> Result<Option<String>> {
+    let client = client(opts)?;
+    let never = AtomicBool::new(false);
+    let resp = with_retries(opts, &never, || {
+        let r = client.get(url).send().map_err(|e| classify(url, e))?;
+        if r.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        check_status(url, r, None).map(Some)
+    })?;
+    let Some(resp) = resp else { return Ok(None) };
+    let mut text = String::new();
+    resp.take(SMALL_FILE_LIMIT)
+        .read_to_string(&mut text)
+        .with_context(|| format!("fetching {url}"))?;
+    Ok(Some(text))
 }
 
 /// Reads a prepared image's head from the probed bytes, fetching the rest

@@ -148,6 +148,20 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
     )
 }
 
+/// The detached signature beside a source (`SOURCE.minisig`), or None when
+/// there is none.
+pub fn fetch_signature(spec: &str, opts: &SourceOptions) -> Result<Option<String>> {
+    let name = format!("{spec}.minisig");
+    if spec.starts_with("http://") || spec.starts_with("https://") {
+        return http::fetch_small(&name, &opts.http);
+    }
+    match std::fs::read_to_string(&name) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {name}"))),
+    }
+}
+
 /// A source over one sequential stream whose first bytes are `head`.
 fn from_stream(
     name: String,

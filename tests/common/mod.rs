@@ -312,3 +312,32 @@ pub fn assert_no_signatures(dev: &Path) {
     );
     assert!(found.trim().is_empty(), "signatures left: {found}");
 }
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A key pair without a password.
+pub fn keypair(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (public, secret) = (
+        dir.join(format!("{name}.pub")),
+        dir.join(format!("{name}.key")),
+    );
+    sh(
+        "minisign",
+        &["-G", "-W", "-p", p(&public), "-s", p(&secret)],
+    );
+    (public, secret)
+}
+
+/// Signs `image`'s manifest with `secret`, writing IMAGE.minisig.
+pub fn sign(image: &Path, secret: &Path) {
+    let manifest = image.with_extension("manifest");
+    let o = reimage(&["imagescan", p(image), "--manifest", p(&manifest)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sig = format!("{}.minisig", p(image));
+    sh(
+        "minisign",
+        &["-S", "-s", p(secret), "-m", p(&manifest), "-x", &sig],
+    );
+}
