@@ -28,8 +28,17 @@ pub enum Command {
     Imagescan(ImagescanArgs),
     /// Capture a disk, partition or image file into a prepared image
     Imagecreate(ImagecreateArgs),
+    /// Write the catalog (images.json) of the prepared images in a directory
+    Catalog(CatalogArgs),
     /// Print the version
     Version,
+}
+
+#[derive(Debug, Args)]
+pub struct CatalogArgs {
+    /// Directory of prepared images (searched recursively)
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// How progress and messages are shown.
@@ -194,6 +203,7 @@ const VERBS: &[&str] = &[
     "restoreexact",
     "imagescan",
     "imagecreate",
+    "catalog",
     "help",
     "version",
 ];

@@ -3,6 +3,7 @@
 //! `main.rs` only parses and dispatches; everything testable lives here.
 
 mod blockdev;
+pub mod catalog;
 pub mod cli;
 pub mod fsmap;
 pub mod image;

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         Command::Restore(a) | Command::Restoreexact(a) => a.output.debug,
         Command::Imagescan(a) => a.out.debug,
         Command::Imagecreate(a) => a.output.debug,
-        Command::Version => false,
+        Command::Catalog(_) | Command::Version => false,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,6 +100,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "Image digest: {}",
                 image::format::hex(&report.digest)
             ));
+            Ok(())
+        }
+        Command::Catalog(a) => {
+            let (catalog, warnings) = reimage::catalog::build(&a.dir)?;
+            for w in warnings {
+                eprintln!("reimage: {w}");
+            }
+            println!("{}", serde_json::to_string_pretty(&catalog)?);
             Ok(())
         }
         Command::Version => {

@@ -319,3 +319,50 @@ fn imagecreate_refuses_a_filesystem_mounted_read_write() {
         stderr(&ro)
     );
 }
+
+#[test]
+fn catalog_lists_prepared_images() {
+    let dir = scratch();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(www.join("lab")).unwrap();
+    let raw = dir.path().join("p.img");
+    make_ext4(&raw, 16, &sample_files(dir.path(), 1));
+    for (img, name) in [
+        (www.join("a.rimg"), "first"),
+        (www.join("lab/b.rimg"), "second"),
+    ] {
+        let o = create(&raw, &img, &["--name", name]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    std::fs::write(www.join("lab/b.txt"), "Lab image, fall term\nmore text").unwrap();
+    std::fs::write(www.join("lab/b.rimg.minisig"), "sig").unwrap();
+    std::fs::write(www.join("broken.rimg"), b"RIMG garbage").unwrap();
+    let o = reimage(&["catalog", s(&www)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("skipping") && stderr(&o).contains("broken.rimg"),
+        "{}",
+        stderr(&o)
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let images = json["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2);
+    let (a, b) = (&images[0], &images[1]);
+    assert_eq!(a["name"], "first");
+    assert_eq!(a["url"], "a.rimg");
+    assert_eq!(a["description"], "ext2/3/4 filesystem");
+    assert_eq!(a["size"], 16 * MIB);
+    assert_eq!(a["signature_url"], serde_json::Value::Null);
+    assert_eq!(
+        a["digest"],
+        format::hex(&head_of(&www.join("a.rimg")).digest())
+    );
+    assert_eq!(b["url"], "lab/b.rimg");
+    assert_eq!(b["description"], "Lab image, fall term");
+    assert_eq!(b["signature_url"], "lab/b.rimg.minisig");
+    assert!(a["created"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        a["file_size"],
+        std::fs::metadata(www.join("a.rimg")).unwrap().len()
+    );
+}
