@@ -30,8 +30,20 @@ pub enum Command {
     Imagecreate(ImagecreateArgs),
     /// Write the catalog (images.json) of the prepared images in a directory
     Catalog(CatalogArgs),
+    /// Serve a directory of images over HTTP, with /images.json
+    Serve(ServeArgs),
     /// Print the version
     Version,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory of images to serve
+    #[arg(long, value_name = "DIR")]
+    pub images: PathBuf,
+    /// Address and port to listen on
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -204,6 +216,7 @@ const VERBS: &[&str] = &[
     "imagescan",
     "imagecreate",
     "catalog",
+    "serve",
     "help",
     "version",
 ];

@@ -12,6 +12,7 @@ pub mod parttable;
 pub mod progress;
 mod ranges;
 pub mod restore;
+pub mod serve;
 mod signals;
 pub mod signature;
 pub mod source;

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         Command::Restore(a) | Command::Restoreexact(a) => a.output.debug,
         Command::Imagescan(a) => a.out.debug,
         Command::Imagecreate(a) => a.output.debug,
-        Command::Catalog(_) | Command::Version => false,
+        Command::Catalog(_) | Command::Serve(_) | Command::Version => false,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,6 +109,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("{}", serde_json::to_string_pretty(&catalog)?);
             Ok(())
+        }
+        Command::Serve(a) => {
+            let opts = reimage::serve::ServeOptions {
+                images: a.images,
+                listen: a.listen,
+            };
+            reimage::serve::serve(&opts, |addr| {
+                println!(
+                    "Serving {} on http://{addr}/ (catalog at /images.json)",
+                    opts.images.display()
+                );
+            })
         }
         Command::Version => {
             println!("reimage {}", env!("CARGO_PKG_VERSION"));

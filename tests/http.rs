@@ -390,3 +390,118 @@ fn signed_images_over_http() {
     assert_fails_with(&o, "is not signed");
     assert!(!out.exists());
 }
+
+/// `reimage serve` on a loopback port, stopped with SIGTERM on drop.
+struct ReimageServe {
+    child: Child,
+    base: String,
+}
+
+impl ReimageServe {
+    fn start(dir: &Path) -> ReimageServe {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_reimage"))
+            .args([
+                "serve",
+                "--images",
+                s(dir),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert!(line.starts_with("Serving "), "{line}");
+        ReimageServe {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Stops the server as Ctrl-C would and returns its exit code.
+    fn stop(mut self) -> Option<i32> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        self.child.wait().unwrap().code()
+    }
+}
+
+impl Drop for ReimageServe {
+    fn drop(&mut self) {
+        // Only reached with the server still running when a test failed.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn reimage_serve_serves_images_ranges_and_the_catalog() {
+    let f = fixtures();
+    let server = ReimageServe::start(&f.root);
+    let dir = scratch();
+    for name in ["fs.rimg", "fs.img.zst"] {
+        let out = dir.path().join("out.img");
+        let o = restore_url(&format!("{}/{name}", server.base), &out, &[]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        if name.ends_with(".rimg") {
+            assert_extents_match(&f.root.join(name), &f.raw, &out);
+        } else {
+            assert_eq!(digest(&out), digest(&f.raw));
+        }
+        std::fs::remove_file(&out).unwrap();
+    }
+    // reimage builds its clients with ring; a test-made client needs it too.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::blocking::Client::new();
+    let head = client
+        .head(format!("{}/fs.img", server.base))
+        .send()
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-length"],
+        std::fs::metadata(&f.raw)
+            .unwrap()
+            .len()
+            .to_string()
+            .as_str()
+    );
+    let part = client
+        .get(format!("{}/fs.img", server.base))
+        .header("Range", "bytes=1024-2047")
+        .send()
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.bytes().unwrap().as_ref(),
+        &read_at(&f.raw, 1024, 1024)[..]
+    );
+    let catalog = client
+        .get(format!("{}/images.json", server.base))
+        .send()
+        .unwrap();
+    assert_eq!(catalog.headers()["content-type"], "application/json");
+    let catalog: serde_json::Value = serde_json::from_str(&catalog.text().unwrap()).unwrap();
+    let names: Vec<&str> = catalog["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fs.rimg"]);
+    assert_eq!(
+        client
+            .get(format!("{}/nope.rimg", server.base))
+            .send()
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(server.stop(), Some(0), "serve must exit cleanly on SIGTERM");
+}
