@@ -689,11 +689,9 @@ mod tests {
         (Target::open(&path).unwrap(), digests)
     }
 
-    #[test]
-    fn verifier_accepts_what_the_device_holds() {
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let (target, digests) = target_with_pattern(dir.path());
-        let v = Verifier::start(&target, &RestoreOptions::default());
+    /// A verifier with MiB `i` of the target queued against `digests[i]`.
+    fn verify_mibs(target: &Target, digests: &[Digest]) -> Verifier {
+        let v = Verifier::start(target, &RestoreOptions::default());
         for (i, d) in digests.iter().enumerate() {
             v.queue(Written {
                 offset: (i as u64) << 20,
@@ -701,6 +699,14 @@ mod tests {
                 digest: *d,
             });
         }
+        v
+    }
+
+    #[test]
+    fn verifier_accepts_what_the_device_holds() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let (target, digests) = target_with_pattern(dir.path());
+        let v = verify_mibs(&target, &digests);
         v.finish(&Quiet).unwrap();
     }
 
@@ -709,14 +715,7 @@ mod tests {
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let (target, mut digests) = target_with_pattern(dir.path());
         digests[1][0] ^= 1;
-        let v = Verifier::start(&target, &RestoreOptions::default());
-        for (i, d) in digests.iter().enumerate() {
-            v.queue(Written {
-                offset: (i as u64) << 20,
-                len: 1 << 20,
-                digest: *d,
-            });
-        }
+        let v = verify_mibs(&target, &digests);
         let err = v.finish(&Quiet).unwrap_err().to_string();
         assert!(
             err.contains("verification failed") && err.contains("offset 1048576"),

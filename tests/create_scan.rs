@@ -85,16 +85,7 @@ fn imagecreate_skips_zero_blocks_of_unknown_content() {
     assert_eq!(m.extents[0].length, 8192);
     assert_eq!(m.extents[1].target_offset, 30 * MIB);
     let out = dir.path().join("o.img");
-    let o = reimage(&[
-        "restore",
-        "--source",
-        s(&rimg),
-        "--target",
-        s(&out),
-        "--erase",
-        "--noprompt",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    restore_ok(&rimg, &out, &[]);
     assert_eq!(digest(&out), digest(&raw));
 }
 
@@ -133,16 +124,7 @@ fn imagescan_verifies_and_reorders_into_streaming_order() {
     assert!(!head_of(&shuffled).manifest.is_streaming_order());
     // Restoring works in any order...
     let t = dir.path().join("t.img");
-    let o = reimage(&[
-        "restore",
-        "--source",
-        s(&shuffled),
-        "--target",
-        s(&t),
-        "--erase",
-        "--noprompt",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    restore_ok(&shuffled, &t, &[]);
     assert_extents_match(&rimg, &part, &t);
     // ...and imagescan puts it back into streaming order.
     let o = reimage(&["imagescan", s(&shuffled)]);
@@ -192,16 +174,7 @@ fn imagescan_converts_raw_and_compressed_images() {
     for img in [&made, &out_path] {
         let t = dir.path().join("t.img");
         let _ = std::fs::remove_file(&t);
-        let o = reimage(&[
-            "restore",
-            "--source",
-            s(img),
-            "--target",
-            s(&t),
-            "--erase",
-            "--noprompt",
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        restore_ok(img, &t, &[]);
         assert_extents_match(img, &part, &t);
         assert!(run("e2fsck", &["-fn", s(&t)]).status.success());
     }
@@ -258,16 +231,7 @@ fn mbr_disk_and_partition_device_capture_and_restore() {
     );
     assert!(m.stored_bytes() < 30 * MIB, "stored {}", m.stored_bytes());
     let out = dir.path().join("out.img");
-    let o = reimage(&[
-        "restore",
-        "--source",
-        s(&rimg),
-        "--target",
-        s(&out),
-        "--erase",
-        "--noprompt",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    restore_ok(&rimg, &out, &[]);
     assert_eq!(
         sh("sfdisk", &["-d", s(&out)]).replace(s(&out), "X"),
         sh("sfdisk", &["-d", s(&disk)]).replace(s(&disk), "X")
@@ -284,16 +248,7 @@ fn mbr_disk_and_partition_device_capture_and_restore() {
         (format::Content::Partition, format::FsKind::Ext, 40 * MIB)
     );
     let out2 = dir.path().join("p1-out.img");
-    let o = reimage(&[
-        "restore",
-        "--source",
-        s(&primg),
-        "--target",
-        s(&out2),
-        "--erase",
-        "--noprompt",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    restore_ok(&primg, &out2, &[]);
     assert_extents_match(&primg, &part, &out2);
     assert!(run("e2fsck", &["-fn", s(&out2)]).status.success());
 }

@@ -69,22 +69,6 @@ fn blank_loop(dir: &Path, name: &str, mib: u64) -> (PathBuf, Loop) {
     (f, l)
 }
 
-fn restore_ok(source: &Path, target: &Path, extra: &[&str]) -> String {
-    let mut args = vec![
-        "restore",
-        "--source",
-        s(source),
-        "--target",
-        s(target),
-        "--erase",
-        "--noprompt",
-    ];
-    args.extend_from_slice(extra);
-    let o = reimage(&args);
-    assert!(o.status.success(), "restore failed: {}", stderr(&o));
-    stdout(&o)
-}
-
 #[test]
 fn gpt_disk_round_trip_onto_larger_loop_device() {
     let f = fixtures();

@@ -341,3 +341,20 @@ pub fn sign(image: &Path, secret: &Path) {
         &["-S", "-s", p(secret), "-m", p(&manifest), "-x", &sig],
     );
 }
+
+/// A restore with --erase --noprompt that must succeed; returns stdout.
+pub fn restore_ok(source: &Path, target: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "restore",
+        "--source",
+        p(source),
+        "--target",
+        p(target),
+        "--erase",
+        "--noprompt",
+    ];
+    args.extend_from_slice(extra);
+    let o = reimage(&args);
+    assert!(o.status.success(), "restore failed: {}", stderr(&o));
+    stdout(&o)
+}
