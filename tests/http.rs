@@ -250,6 +250,24 @@ fn connections_cut_at_random_points_cost_nothing() {
 }
 
 #[test]
+fn redirects_are_followed() {
+    let f = fixtures();
+    let nginx = Nginx::serve(
+        &f.root,
+        "location = /moved.rimg { return 302 /fs.rimg; } location = /moved.img.gz { return 301 /fs.img.gz; }",
+    );
+    let dir = scratch();
+    let out = dir.path().join("out.img");
+    let o = restore_url(&nginx.url("moved.rimg"), &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_extents_match(&f.root.join("fs.rimg"), &f.raw, &out);
+    std::fs::remove_file(&out).unwrap();
+    let o = restore_url(&nginx.url("moved.img.gz"), &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(digest(&out), digest(&f.raw));
+}
+
+#[test]
 fn a_server_without_range_support_gets_one_stream() {
     let f = fixtures();
     let nginx = Nginx::serve(&f.root, "max_ranges 0;");

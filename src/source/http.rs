@@ -280,6 +280,8 @@ pub fn open(url: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
     let mut resp = with_retries(http, &never, || {
         get(&client, url, Some((0, Some(PROBE_LEN - 1))))
     })?;
+    // After a redirect, later requests go straight to where it led.
+    let fetch_url = resp.url().to_string();
     let ranged = resp.status() == StatusCode::PARTIAL_CONTENT;
     let total = if ranged {
         content_range(&resp).and_then(|(_, t)| t)
@@ -295,7 +297,7 @@ pub fn open(url: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
     probe.truncate(n);
     let stream = HttpStream {
         client: client.clone(),
-        url: url.to_owned(),
+        url: fetch_url.clone(),
         opts: http.clone(),
         resp: if ranged { None } else { Some(resp) },
         pos: 0,
@@ -305,9 +307,9 @@ pub fn open(url: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
     };
     let head_bytes = stream.probe.clone();
     if ranged && sniff(&head_bytes) == Sniffed::Prepared {
-        let head = fetch_head(&client, url, http, &head_bytes)?;
+        let head = fetch_head(&client, &fetch_url, http, &head_bytes)?;
         return Ok(Box::new(HttpPreparedSource::start(
-            client, url, http, head,
+            client, &fetch_url, http, head,
         )?));
     }
     super::from_stream(
