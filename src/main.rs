@@ -114,10 +114,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = reimage::serve::ServeOptions {
                 images: a.images,
                 listen: a.listen,
+                tls: a.tls_cert.zip(a.tls_key),
             };
+            let scheme = if opts.tls.is_some() { "https" } else { "http" };
             reimage::serve::serve(&opts, |addr| {
                 println!(
-                    "Serving {} on http://{addr}/ (catalog at /images.json)",
+                    "Serving {} on {scheme}://{addr}/ (catalog at /images.json)",
                     opts.images.display()
                 );
             })

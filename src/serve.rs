@@ -1,12 +1,14 @@
-//! `reimage serve`: an HTTP/1.1 server for a directory of images (GET and
-//! HEAD with Range, from tower-http's ServeDir) plus `/images.json`, the
-//! catalog the menu reads, built fresh on every request so images copied
-//! into the directory appear at once.
+//! `reimage serve`: an HTTP/1.1 server (HTTPS with `--tls-cert/--tls-key`)
+//! for a directory of images (GET and HEAD with Range, from tower-http's
+//! ServeDir) plus `/images.json`, the catalog the menu reads, built fresh on
+//! every request so images copied into the directory appear at once.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -14,13 +16,15 @@ use axum::routing::get;
 use tower_http::services::ServeDir;
 
 /// How long transfers may go on after SIGINT/SIGTERM before the server
-/// exits anyway.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// exits anyway (idle keep-alive clients would otherwise hold it forever).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub images: PathBuf,
     pub listen: SocketAddr,
+    /// PEM certificate chain and private key: serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Serves until SIGINT or SIGTERM; `ready` is called with the bound
@@ -29,34 +33,72 @@ pub fn serve(opts: &ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result<()> 
     if !opts.images.is_dir() {
         anyhow::bail!("--images {} is not a directory", opts.images.display());
     }
+    let tls = opts
+        .tls
+        .as_ref()
+        .map(|(cert, key)| tls_config(cert, key))
+        .transpose()?;
+    let listener = std::net::TcpListener::bind(opts.listen)
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let images = opts.images.clone();
+    let app = Router::new()
+        .route("/images.json", get(move || catalog(images.clone())))
+        .fallback_service(ServeDir::new(&opts.images));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let images = opts.images.clone();
-        let app = Router::new()
-            .route("/images.json", get(move || catalog(images.clone())))
-            .fallback_service(ServeDir::new(&opts.images));
-        let listener = tokio::net::TcpListener::bind(opts.listen)
-            .await
-            .with_context(|| format!("listening on {}", opts.listen))?;
-        ready(listener.local_addr()?);
-        // On a signal, stop accepting and let transfers in flight finish,
-        // but don't wait forever for idle keep-alive clients.
-        let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stopping_rx.changed().await;
+        let handle = axum_server::Handle::new();
+        let stopper = handle.clone();
+        tokio::spawn(async move {
+            stop_signal().await;
+            stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
         });
-        tokio::select! {
-            r = server => r?,
-            () = async {
-                stop_signal().await;
-                let _ = stopping_tx.send(true);
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } => {}
+        ready(addr);
+        let service = app.into_make_service();
+        match tls {
+            Some(config) => {
+                axum_server::from_tcp_rustls(
+                    listener,
+                    axum_server::tls_rustls::RustlsConfig::from_config(config),
+                )?
+                .handle(handle)
+                .serve(service)
+                .await?
+            }
+            None => {
+                axum_server::from_tcp(listener)?
+                    .handle(handle)
+                    .serve(service)
+                    .await?
+            }
         }
         Ok(())
     })
+}
+
+/// A rustls server configuration (ring, the provider the client uses too)
+/// from PEM files.
+fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow!("--tls-cert {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("--tls-cert {}: no certificate in it", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow!("--tls-key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("--tls-cert and --tls-key do not match")?;
+    Ok(Arc::new(config))
 }
 
 async fn catalog(dir: PathBuf) -> impl IntoResponse {

@@ -416,7 +416,8 @@ struct ReimageServe {
 }
 
 impl ReimageServe {
-    fn start(dir: &Path) -> ReimageServe {
+    /// `extra` holds serve's TLS options, if any.
+    fn start(dir: &Path, extra: &[&str]) -> ReimageServe {
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_reimage"))
             .args([
@@ -426,6 +427,7 @@ impl ReimageServe {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])
+            .args(extra)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -436,9 +438,10 @@ impl ReimageServe {
         )
         .unwrap();
         assert!(line.starts_with("Serving "), "{line}");
+        let scheme = if extra.is_empty() { "http" } else { "https" };
         ReimageServe {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("{scheme}://127.0.0.1:{port}"),
         }
     }
 
@@ -461,7 +464,7 @@ impl Drop for ReimageServe {
 #[test]
 fn reimage_serve_serves_images_ranges_and_the_catalog() {
     let f = fixtures();
-    let server = ReimageServe::start(&f.root);
+    let server = ReimageServe::start(&f.root, &[]);
     let dir = scratch();
     for name in ["fs.rimg", "fs.img.zst"] {
         let out = dir.path().join("out.img");
@@ -588,4 +591,39 @@ fn chunked_bodies_work_and_lying_lengths_fail_cleanly() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn reimage_serve_over_https() {
+    let f = fixtures();
+    let certs = scratch();
+    sh(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/make-tls-certs"),
+        &[s(certs.path())],
+    );
+    let (cert, key) = (
+        certs.path().join("good.pem"),
+        certs.path().join("server.key"),
+    );
+    let server = ReimageServe::start(&f.root, &["--tls-cert", s(&cert), "--tls-key", s(&key)]);
+    let dir = scratch();
+    let out = dir.path().join("out.img");
+    let url = format!("{}/fs.rimg", server.base);
+    let o = restore_url(&url, &out, &["--cacert", s(&certs.path().join("ca.pem"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_extents_match(&f.root.join("fs.rimg"), &f.raw, &out);
+    std::fs::remove_file(&out).unwrap();
+    let o = restore_url(&url, &out, &[]);
+    assert_fails_with(&o, "not signed by a trusted CA");
+    assert_eq!(server.stop(), Some(0));
+    let o = reimage(&[
+        "serve",
+        "--images",
+        s(&f.root),
+        "--tls-cert",
+        s(&key),
+        "--tls-key",
+        s(&key),
+    ]);
+    assert_fails_with(&o, "--tls-cert");
 }
