@@ -313,45 +313,15 @@ mod tests {
 
     #[test]
     fn sizes_and_bounds() {
-        assert!(
+        let restore_with = |opt: &str, value: &str| {
             parse(&[
-                "reimage",
-                "restore",
-                "--source",
-                "a",
-                "--target",
-                "b",
-                "--buffersize",
-                "12q"
+                "reimage", "restore", "--source", "a", "--target", "b", opt, value,
             ])
-            .is_err()
-        );
-        assert!(
-            parse(&[
-                "reimage",
-                "restore",
-                "--source",
-                "a",
-                "--target",
-                "b",
-                "--buffersize",
-                "1k"
-            ])
-            .is_err()
-        );
-        assert!(
-            parse(&[
-                "reimage",
-                "restore",
-                "--source",
-                "a",
-                "--target",
-                "b",
-                "--buffers",
-                "1"
-            ])
-            .is_err()
-        );
+        };
+        assert!(restore_with("--buffersize", "12q").is_err());
+        assert!(restore_with("--buffersize", "1k").is_err());
+        assert!(restore_with("--buffers", "1").is_err());
+        assert!(restore_with("--buffersize", "2m").is_ok());
         assert!(
             parse(&[
                 "reimage",

@@ -707,7 +707,7 @@ pub(crate) fn write_empty<F: FileExt>(disk: &Disk<F>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parttable::testutil::{image, noise, open, run, size_of};
+    use crate::parttable::testutil::{copy_ranges, image, noise, open, run, size_of};
     use crate::parttable::{
         check_resize, read, relocate_backup_gpt, resize_partition, write_empty_gpt,
     };
@@ -822,11 +822,7 @@ mod tests {
         let t = gpt_of(&open(&path), size, 512);
         let (_dir2, copy) = image(size);
         let (src, dst) = (open(&path), open(&copy));
-        for r in &t.metadata {
-            let mut buf = vec![0; (r.end - r.start) as usize];
-            src.read_exact_at(&mut buf, r.start).unwrap();
-            dst.write_all_at(&buf, r.start).unwrap();
-        }
+        copy_ranges(&src, &dst, &t.metadata);
         let strip = |text: String| text.lines().skip(1).collect::<Vec<_>>().join("\n");
         assert_eq!(strip(sgdisk(&["-p"], &copy)), strip(sgdisk(&["-p"], &path)));
         assert_sgdisk_clean(&copy);

@@ -292,7 +292,7 @@ pub(crate) fn fit_protective(lba0: &mut [u8], lbas: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parttable::testutil::{image, noise, open, run, size_of};
+    use crate::parttable::testutil::{copy_ranges, image, noise, open, run, size_of};
     use crate::parttable::{read, write_empty_gpt};
     use std::path::Path;
 
@@ -369,11 +369,7 @@ mod tests {
         // The metadata alone, on a zero disk, is the whole table again.
         let (_dir2, copy) = image(size);
         let (src, dst) = (open(&path), open(&copy));
-        for r in &t.metadata {
-            let mut buf = vec![0; (r.end - r.start) as usize];
-            src.read_exact_at(&mut buf, r.start).unwrap();
-            dst.write_all_at(&buf, r.start).unwrap();
-        }
+        copy_ranges(&src, &dst, &t.metadata);
         assert_eq!(sfdisk_dump(&copy), expected);
         assert_eq!(read(&dst, size, 512).unwrap().unwrap(), t);
     }

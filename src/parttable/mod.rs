@@ -255,6 +255,16 @@ pub(crate) mod testutil {
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
+    /// Copies `ranges` of `src` into `dst` at the same offsets.
+    pub fn copy_ranges(src: &File, dst: &File, ranges: &[std::ops::Range<u64>]) {
+        use std::os::unix::fs::FileExt;
+        for r in ranges {
+            let mut buf = vec![0; (r.end - r.start) as usize];
+            src.read_exact_at(&mut buf, r.start).unwrap();
+            dst.write_all_at(&buf, r.start).unwrap();
+        }
+    }
+
     /// A sparse zero-filled image of `size` bytes in a fresh temp dir.
     pub fn image(size: u64) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
