@@ -105,7 +105,7 @@ pub fn restore(
         piece_len: opts.buffer_size,
         http: opts.http.clone(),
     };
-    let mut src = source::open(source_spec, &source_opts)?;
+    let src = source::open(source_spec, &source_opts)?;
     if let Some(key) = &opts.pubkey {
         check_signature(source_spec, src.as_ref(), key, &source_opts)?;
         progress.detail(&format!("{source_spec}: signature verified"));
@@ -126,7 +126,7 @@ pub fn restore(
     // the copy so the target can be erased instead of left half-written.
     crate::signals::catch_interrupts();
     let started = Instant::now();
-    let result = write_and_verify(src.as_mut(), &mut target, opts, progress);
+    let result = write_and_verify(src, &mut target, opts, progress);
     match result {
         Ok((written, verified)) => Ok(RestoreReport {
             written,
@@ -229,7 +229,7 @@ fn check_alignment(m: &Manifest, target: &Target) -> Result<()> {
 }
 
 fn write_and_verify(
-    src: &mut dyn ChunkSource,
+    src: Box<dyn ChunkSource>,
     target: &mut Target,
     opts: &RestoreOptions,
     progress: &dyn ProgressSink,
@@ -267,7 +267,7 @@ struct Ready {
 }
 
 fn copy(
-    src: &mut dyn ChunkSource,
+    src: Box<dyn ChunkSource>,
     target: &Target,
     opts: &RestoreOptions,
     progress: &dyn ProgressSink,
@@ -316,14 +316,17 @@ fn copy(
     }
     let (work_tx, work_rx) = bounded::<(Piece, u64, Box<Slot>)>(buffers);
     let (ready_tx, ready_rx) = bounded::<Result<Ready>>(buffers + workers + 1);
-    let abort = AtomicBool::new(false);
 
-    std::thread::scope(|s| {
-        let reader_ready = ready_tx.clone();
-        let abort_ref = &abort;
-        s.spawn(move || {
+    // The reader is not scoped: a read blocked on a stalled network stream
+    // must not keep an aborted restore from erasing the target and exiting.
+    // It ends by itself once its channels close.
+    let abort = Arc::new(AtomicBool::new(false));
+    {
+        let (ready, abort) = (ready_tx.clone(), abort.clone());
+        let mut src = src;
+        std::thread::spawn(move || {
             while let Ok(mut slot) = free_rx.recv() {
-                if abort_ref.load(Ordering::Relaxed) {
+                if abort.load(Ordering::Relaxed) {
                     break;
                 }
                 match src.next_piece(&mut slot) {
@@ -334,18 +337,29 @@ fn copy(
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        let _ = reader_ready.send(Err(e));
+                        let _ = ready.send(Err(e));
                         break;
                     }
                 }
             }
         });
+    }
+    std::thread::scope(|s| {
         for _ in 0..workers {
-            let work_rx = work_rx.clone();
-            let ready_tx = ready_tx.clone();
+            let (work_rx, ready_tx, abort) = (work_rx.clone(), ready_tx.clone(), &abort);
             s.spawn(move || {
                 let mut dctx = zstd::bulk::Decompressor::new().ok();
-                for (piece, source_pos, slot) in work_rx {
+                loop {
+                    let (piece, source_pos, slot) =
+                        match work_rx.recv_timeout(Duration::from_millis(200)) {
+                            Ok(work) => work,
+                            Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                                if !abort.load(Ordering::Relaxed) =>
+                            {
+                                continue;
+                            }
+                            Err(_) => break,
+                        };
                     let r = check_piece(piece, source_pos, slot, manifest, dctx.as_mut())
                         .and_then(|ready| write_piece(target, ready));
                     if ready_tx.send(r).is_err() {
@@ -360,7 +374,17 @@ fn copy(
         let mut writer = BootHoldingWriter::new(target, verifier);
         let mut done = 0u64;
         let result = (|| -> Result<()> {
-            for r in &ready_rx {
+            loop {
+                // Wake up now and then even when no piece comes (a stalled
+                // network stream), so Ctrl-C is acted on promptly.
+                let r = match ready_rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(r) => r,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        crate::signals::check()?;
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                };
                 crate::signals::check()?;
                 if let Some(v) = verifier {
                     v.check()?;

@@ -627,3 +627,63 @@ fn reimage_serve_over_https() {
     ]);
     assert_fails_with(&o, "--tls-cert");
 }
+
+#[test]
+fn sigterm_during_a_stalled_download_erases_the_target() {
+    let f = fixtures();
+    // Headers and the first 4 MiB of the raw image, then silence.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let data = std::fs::read(&f.raw).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                data.len()
+            );
+            let _ = conn.write_all(&data[..4 << 20]);
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    });
+    let dir = scratch();
+    let file = dir.path().join("t.img");
+    sh(
+        "sh",
+        &["-c", &format!("head -c 48M /dev/urandom > {}", s(&file))],
+    );
+    let l = Loop::new(&file);
+    let child = Command::new(env!("CARGO_BIN_EXE_reimage"))
+        .args([
+            "restore",
+            "--source",
+            &format!("http://127.0.0.1:{port}/fs.img"),
+            "--target",
+            &l.dev,
+        ])
+        .args(["--erase", "--noprompt"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?} to stop",
+        started.elapsed()
+    );
+    assert_fails_with(&out, "interrupted by a signal");
+    assert!(
+        stderr(&out).contains("erased to a valid empty state"),
+        "{}",
+        stderr(&out)
+    );
+    assert_empty_gpt(l.path());
+}
