@@ -218,19 +218,13 @@ fn check_status(
 }
 
 /// Runs `f` until it succeeds, fails for good, or runs out of attempts.
-fn with_retries<T>(
-    opts: &HttpOptions,
-    stop: &AtomicBool,
-    mut f: impl FnMut() -> Result<T, FetchError>,
-) -> Result<T> {
+fn with_retries<T>(opts: &HttpOptions, mut f: impl FnMut() -> Result<T, FetchError>) -> Result<T> {
     let mut attempt = 0;
     loop {
         match f() {
             Ok(v) => return Ok(v),
             Err(FetchError::Fatal(e)) => return Err(e),
-            Err(FetchError::Retryable(e))
-                if attempt >= opts.retries || stop.load(Ordering::Relaxed) =>
-            {
+            Err(FetchError::Retryable(e)) if attempt >= opts.retries => {
                 return Err(e.context(format!("giving up after {} attempts", attempt + 1)));
             }
             Err(FetchError::Retryable(_)) => {
@@ -254,6 +248,20 @@ fn content_range(resp: &Response) -> Option<(u64, Option<u64>)> {
     Some((start, total.parse().ok()))
 }
 
+/// A GET of bytes `start..=end` (or to the end of the file) that must be
+/// answered with exactly that range: resuming anywhere else would corrupt
+/// what has been received so far.
+fn get_range(
+    client: &Client,
+    url: &str,
+    start: u64,
+    end: Option<u64>,
+) -> Result<Response, FetchError> {
+    let resp = get(client, url, Some((start, end)))?;
+    expect_partial(url, &resp, start)?;
+    Ok(resp)
+}
+
 /// Checks that a response to a Range request starting at `start` really
 /// is that range.
 fn expect_partial(url: &str, resp: &Response, start: u64) -> Result<(), FetchError> {
@@ -274,12 +282,9 @@ fn expect_partial(url: &str, resp: &Response, start: u64) -> Result<(), FetchErr
 pub fn open(url: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
     let http = &opts.http;
     let client = client(http)?;
-    let never = AtomicBool::new(false);
     // One ranged GET tells whether the server does ranges, how large the
     // file is, and what it holds. No HEAD: not every server answers it.
-    let mut resp = with_retries(http, &never, || {
-        get(&client, url, Some((0, Some(PROBE_LEN - 1))))
-    })?;
+    let mut resp = with_retries(http, || get(&client, url, Some((0, Some(PROBE_LEN - 1)))))?;
     // After a redirect, later requests go straight to where it led.
     let fetch_url = resp.url().to_string();
     let ranged = resp.status() == StatusCode::PARTIAL_CONTENT;
@@ -327,8 +332,7 @@ const SMALL_FILE_LIMIT: u64 = 64 << 10;
 /// Fetches a small text file such as a signature; None on 404.
 pub fn fetch_small(url: &str, opts: &HttpOptions) -> Result<Option<String>> {
     let client = client(opts)?;
-    let never = AtomicBool::new(false);
-    let resp = with_retries(opts, &never, || {
+    let resp = with_retries(opts, || {
         let r = client.get(url).send().map_err(|e| classify(url, e))?;
         if r.status() == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -351,12 +355,7 @@ fn fetch_head(client: &Client, url: &str, opts: &HttpOptions, probe: &[u8]) -> R
     let mut bytes = probe.to_vec();
     if (bytes.len() as u64) < head_len {
         let start = bytes.len() as u64;
-        let never = AtomicBool::new(false);
-        let mut resp = with_retries(opts, &never, || {
-            let r = get(client, url, Some((start, Some(head_len - 1))))?;
-            expect_partial(url, &r, start)?;
-            Ok(r)
-        })?;
+        let mut resp = with_retries(opts, || get_range(client, url, start, Some(head_len - 1)))?;
         resp.read_to_end(&mut bytes)
             .with_context(|| format!("fetching the manifest of {url}"))?;
     }
@@ -384,9 +383,7 @@ struct HttpStream {
 
 impl HttpStream {
     fn reopen(&mut self) -> Result<(), FetchError> {
-        let r = get(&self.client, &self.url, Some((self.pos, None)))?;
-        expect_partial(&self.url, &r, self.pos)?;
-        self.resp = Some(r);
+        self.resp = Some(get_range(&self.client, &self.url, self.pos, None)?);
         Ok(())
     }
 }
@@ -567,8 +564,7 @@ impl Fetcher {
             let last = &m.extents[*batch.extents.last().expect("batches are not empty")];
             let start = m.payload_area + first.payload_offset + partial.len() as u64;
             let end = m.payload_area + last.payload_offset + u64::from(last.payload_len);
-            let outcome = get(&self.client, &self.url, Some((start, Some(end - 1))))
-                .and_then(|r| expect_partial(&self.url, &r, start).map(|()| r));
+            let outcome = get_range(&self.client, &self.url, start, Some(end - 1));
             let failure = match outcome {
                 Err(FetchError::Fatal(e)) => return Err(e),
                 Err(FetchError::Retryable(e)) => e,
