@@ -216,12 +216,7 @@ fn prepared_image_onto_a_loop_device_over_http() {
     let f = fixtures();
     let nginx = Nginx::serve(&f.root, "");
     let dir = scratch();
-    let file = dir.path().join("t.img");
-    sh(
-        "sh",
-        &["-c", &format!("head -c 48M /dev/urandom > {}", s(&file))],
-    );
-    let l = Loop::new(&file);
+    let (_file, l) = random_loop(dir.path(), 48);
     let o = restore_url(&nginx.url("fs.rimg"), l.path(), &["--connections", "3"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("prepared image"), "{}", stdout(&o));
@@ -297,12 +292,7 @@ fn http_errors_are_clear_and_safe() {
     std::fs::write(bad.join("corrupt.rimg"), &bytes).unwrap();
     let nginx = Nginx::serve(&bad, "");
 
-    let file = dir.path().join("t.img");
-    sh(
-        "sh",
-        &["-c", &format!("head -c 48M /dev/urandom > {}", s(&file))],
-    );
-    let l = Loop::new(&file);
+    let (file, l) = random_loop(dir.path(), 48);
     let before = digest(&file);
     // Refused before anything is written: the target is untouched.
     for (name, needle) in [("missing.rimg", "HTTP 404"), ("broken/x.rimg", "HTTP 500")] {
@@ -650,12 +640,7 @@ fn sigterm_during_a_stalled_download_erases_the_target() {
         }
     });
     let dir = scratch();
-    let file = dir.path().join("t.img");
-    sh(
-        "sh",
-        &["-c", &format!("head -c 48M /dev/urandom > {}", s(&file))],
-    );
-    let l = Loop::new(&file);
+    let (_file, l) = random_loop(dir.path(), 48);
     let child = Command::new(env!("CARGO_BIN_EXE_reimage"))
         .args([
             "restore",

@@ -52,18 +52,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// A loop device over a file of random bytes, so "unchanged" means
-/// something.
-fn random_loop(dir: &Path, mib: u64) -> (PathBuf, Loop) {
-    let f = dir.join("target.img");
-    sh(
-        "sh",
-        &["-c", &format!("head -c {mib}M /dev/urandom > {}", s(&f))],
-    );
-    let l = Loop::new(&f);
-    (f, l)
-}
-
 fn restore(source: &Path, target: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["restore", "--source", s(source), "--target", target];
     args.extend_from_slice(extra);

@@ -358,3 +358,15 @@ pub fn restore_ok(source: &Path, target: &Path, extra: &[&str]) -> String {
     assert!(o.status.success(), "restore failed: {}", stderr(&o));
     stdout(&o)
 }
+
+/// A loop device over a file of random bytes, so "unchanged" means
+/// something.
+pub fn random_loop(dir: &Path, mib: u64) -> (PathBuf, Loop) {
+    let f = dir.join("target.img");
+    sh(
+        "sh",
+        &["-c", &format!("head -c {mib}M /dev/urandom > {}", p(&f))],
+    );
+    let l = Loop::new(&f);
+    (f, l)
+}
