@@ -122,6 +122,9 @@ impl Drop for Nginx {
 
 /// A TCP proxy in front of `upstream` that cuts every response after a
 /// pseudo-random number of bytes between `min` and `max`.
+/// Connections cut early are cut somewhere in their first this many bytes.
+const EARLY_CUT: u64 = 8 << 10;
+
 struct CuttingProxy {
     port: u16,
 }
@@ -132,12 +135,18 @@ impl CuttingProxy {
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
             let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-            for client in listener.incoming() {
+            for (n, client) in listener.incoming().enumerate() {
                 let Ok(client) = client else { break };
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                let cut = min + seed % (max - min);
+                // Every third connection, the first included, dies early:
+                // in the headers, the first bytes probed, or the manifest.
+                let cut = if n % 3 == 0 {
+                    seed % EARLY_CUT
+                } else {
+                    min + seed % (max - min)
+                };
                 std::thread::spawn(move || relay(client, upstream, cut));
             }
         });

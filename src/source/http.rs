@@ -293,13 +293,20 @@ pub fn open(url: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
     } else {
         resp.content_length()
     };
-    // A ranged probe is read whole and later reads reopen at their
-    // position; an unranged response is the whole file, so read only the
-    // probe's worth and keep streaming from it.
-    let mut probe = vec![0u8; PROBE_LEN as usize];
-    let n =
-        crate::io::read_full(&mut resp, &mut probe).with_context(|| format!("fetching {url}"))?;
-    probe.truncate(n);
+    // A ranged probe is read whole (resuming if it is cut) and later reads
+    // reopen at their position; an unranged response is the whole file, so
+    // read only the probe's worth and keep streaming from it.
+    let mut probe = Vec::new();
+    let read = (&mut resp).take(PROBE_LEN).read_to_end(&mut probe);
+    match read {
+        Err(_) if ranged => {
+            let want = total.map_or(PROBE_LEN, |t| t.min(PROBE_LEN));
+            fill_from_start(&client, &fetch_url, http, want, &mut probe)?;
+        }
+        other => {
+            other.with_context(|| format!("fetching {url}"))?;
+        }
+    }
     let stream = HttpStream {
         client: client.clone(),
         url: fetch_url.clone(),
@@ -347,18 +354,44 @@ pub fn fetch_small(url: &str, opts: &HttpOptions) -> Result<Option<String>> {
     Ok(Some(text))
 }
 
+/// Extends `out`, which holds the first bytes of `url`, to its first `len`
+/// bytes (fewer if the file is shorter) with Range requests that resume
+/// where a dropped connection left off.
+fn fill_from_start(
+    client: &Client,
+    url: &str,
+    opts: &HttpOptions,
+    len: u64,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    while (out.len() as u64) < len {
+        let start = out.len() as u64;
+        let done = with_retries(opts, || {
+            let resp = get_range(client, url, start, Some(len - 1))?;
+            match resp.take(len - start).read_to_end(out) {
+                Ok(_) => Ok(true),
+                // Progress made: the next request goes on from there.
+                Err(_) if out.len() as u64 > start => Ok(false),
+                Err(e) => Err(FetchError::Retryable(
+                    anyhow::Error::new(e).context(format!("fetching {url}")),
+                )),
+            }
+        })?;
+        if done {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Reads a prepared image's head from the probed bytes, fetching the rest
 /// of a manifest larger than the probe.
 fn fetch_head(client: &Client, url: &str, opts: &HttpOptions, probe: &[u8]) -> Result<ImageHead> {
     let header = format::Header::decode(probe).with_context(|| format!("reading {url}"))?;
     let head_len = HEADER_LEN as u64 + header.manifest_len;
     let mut bytes = probe.to_vec();
-    if (bytes.len() as u64) < head_len {
-        let start = bytes.len() as u64;
-        let mut resp = with_retries(opts, || get_range(client, url, start, Some(head_len - 1)))?;
-        resp.read_to_end(&mut bytes)
-            .with_context(|| format!("fetching the manifest of {url}"))?;
-    }
+    fill_from_start(client, url, opts, head_len, &mut bytes)
+        .with_context(|| format!("fetching the manifest of {url}"))?;
     if (bytes.len() as u64) < head_len {
         bail!("{url} is truncated inside its manifest");
     }
@@ -434,7 +467,11 @@ impl Read for HttpStream {
                     err.context(format!("fetching {}: giving up", self.url)),
                 ));
             }
-            std::thread::sleep(self.opts.delay(attempt));
+            // A connection that delivered data and then dropped is
+            // reopened at once; only repeated failures back off.
+            if attempt > 0 {
+                std::thread::sleep(self.opts.delay(attempt - 1));
+            }
             attempt += 1;
         }
     }
