@@ -87,6 +87,8 @@ struct HumanState {
     /// so the Verifying phase starts with work already done, which must
     /// not count towards its rate.
     base: Option<u64>,
+    /// A phase's line is started and not yet ended.
+    open: bool,
 }
 
 impl HumanState {
@@ -96,6 +98,18 @@ impl HumanState {
             started: Instant::now(),
             last_draw: None,
             base: None,
+            open: false,
+        }
+    }
+}
+
+/// A phase cut short by an error leaves its line open; end it, so the
+/// error message starts a line of its own.
+impl Drop for HumanProgress {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if st.open {
+            println!();
         }
     }
 }
@@ -126,6 +140,7 @@ impl ProgressSink for HumanProgress {
     fn start(&self, phase: Phase, _total: u64) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         *st = HumanState::new();
+        st.open = true;
         let mut out = std::io::stdout().lock();
         if phase.is_step() {
             let _ = write!(out, "{}...", phase.label());
@@ -180,7 +195,8 @@ impl ProgressSink for HumanProgress {
     }
 
     fn finish(&self, phase: Phase) {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.open = false;
         let mut out = std::io::stdout().lock();
         if phase.is_step() {
             let _ = writeln!(out, "done");

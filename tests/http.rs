@@ -681,3 +681,55 @@ fn sigterm_during_a_stalled_download_erases_the_target() {
     );
     assert_empty_gpt(l.path());
 }
+
+/// Host names are resolved by reimage itself (the static builds cannot use
+/// NSS): from /etc/hosts, and from the DNS server in /etc/resolv.conf. Both
+/// files are replaced in a private mount namespace; the DNS server is a
+/// real dnsmasq on a loopback address of its own.
+#[test]
+fn host_names_resolve_from_hosts_and_dns() {
+    let f = fixtures();
+    let nginx = Nginx::serve(&f.root, "");
+    let dir = scratch();
+    let hosts = dir.path().join("hosts");
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.1 from-hosts.test\n").unwrap();
+    std::fs::write(&resolv, "nameserver 127.0.77.1\n").unwrap();
+    let mut dns = Command::new("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--listen-address=127.0.77.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--address=/from-dns.test/127.0.0.1",
+            // Other names under .test: no such host, rather than "refused".
+            "--local=/test/",
+        ])
+        .spawn()
+        .expect("starting dnsmasq");
+    let want = digest(&f.raw);
+    let out = dir.path().join("out.img");
+    let restore = |host: &str| {
+        let url = format!("http://{host}:{}/fs.img.zst", nginx.port);
+        let script = format!(
+            "mount --bind {} /etc/hosts && mount --bind {} /etc/resolv.conf && exec {} restore --source {url} --target {} --erase --noprompt",
+            s(&hosts),
+            s(&resolv),
+            env!("CARGO_BIN_EXE_reimage"),
+            s(&out)
+        );
+        run("unshare", &["--mount", "setsid", "-w", "sh", "-c", &script])
+    };
+    for host in ["from-hosts.test", "from-dns.test"] {
+        let o = restore(host);
+        assert!(o.status.success(), "{host}: {}", stderr(&o));
+        assert_eq!(digest(&out), want, "{host}");
+        std::fs::remove_file(&out).unwrap();
+    }
+    let o = restore("nowhere.test");
+    assert_fails_with(&o, "nowhere.test");
+    let _ = dns.kill();
+    let _ = dns.wait();
+}

@@ -17,6 +17,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
 
 use super::prepared::{describe_prepared, payload_order, prepared_info};
+use super::resolve::Unresolvable;
 use super::{ChunkSource, ImageInfo, Piece, Slot, Sniffed, SourceOptions, sniff};
 use crate::image::format::{self, Codec, HEADER_LEN, ImageHead};
 use crate::io::SeqRead;
@@ -110,6 +111,7 @@ fn client(opts: &HttpOptions) -> Result<Client> {
         .with_no_client_auth();
     Ok(Client::builder()
         .tls_backend_preconfigured(tls)
+        .dns_resolver(Arc::new(super::resolve::SystemResolver::default()))
         .connect_timeout(opts.connect_timeout)
         // In the blocking client this bounds each read, not the transfer.
         .timeout(opts.read_timeout)
@@ -120,24 +122,36 @@ fn client(opts: &HttpOptions) -> Result<Client> {
 /// Turns a transport error into one the user can act on; TLS failures are
 /// final and say what is wrong with the certificate.
 fn classify(url: &str, e: reqwest::Error) -> FetchError {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(c) = cause {
-        if let Some(tls) = find_tls_error(c) {
-            return FetchError::Fatal(anyhow!("TLS with {}: {}", host_of(url), describe_tls(tls)));
-        }
-        cause = c.source();
+    if let Some(tls) = find_cause::<rustls::Error>(&e) {
+        return FetchError::Fatal(anyhow!("TLS with {}: {}", host_of(url), describe_tls(tls)));
+    }
+    if let Some(name) = find_cause::<Unresolvable>(&e) {
+        return FetchError::Fatal(anyhow!("{url}: {name}"));
     }
     FetchError::Retryable(anyhow::Error::new(e).context(format!("fetching {url}")))
 }
 
-/// The rustls error inside `e`, looking through nested io::Errors (whose
-/// `source()` skips the error they wrap, so the plain chain misses it).
-fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-        return Some(tls);
+/// The first error of type `T` in `e`'s chain, looking through nested
+/// io::Errors too (their `source()` skips the error they wrap).
+fn find_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(found) = c.downcast_ref::<T>() {
+            return Some(found);
+        }
+        if let Some(inner) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(found) = find_cause::<T>(inner) {
+                return Some(found);
+            }
+        }
+        cause = c.source();
     }
-    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
-    find_tls_error(inner)
+    None
 }
 
 fn describe_tls(e: &rustls::Error) -> String {

@@ -6,6 +6,7 @@
 mod http;
 mod prepared;
 mod raw;
+mod resolve;
 
 use std::fmt::Display;
 use std::fs::File;
