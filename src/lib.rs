@@ -8,6 +8,7 @@ pub mod cli;
 pub mod fsmap;
 pub mod image;
 pub mod io;
+pub mod mcast;
 pub mod parttable;
 pub mod progress;
 mod ranges;

@@ -1,0 +1,1 @@
+//! The server's property-list configuration (being written).

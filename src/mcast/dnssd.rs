@@ -1,0 +1,1 @@
+//! DNS-SD advertising and browsing of multicast streams (being written).

@@ -1,0 +1,6 @@
+//! Multicast imaging: `reimage server` streams a prepared image to a LAN
+//! group in a loop, RaptorQ-coded; `restore --source mcast://` joins it.
+//! The protocol is specified in docs/MULTICAST.md.
+
+pub mod config;
+pub mod dnssd;
