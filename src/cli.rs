@@ -32,8 +32,24 @@ pub enum Command {
     Catalog(CatalogArgs),
     /// Serve a directory of images over HTTP, with /images.json
     Serve(ServeArgs),
+    /// Multicast a prepared image to any number of clients, in a loop
+    Server(ServerArgs),
     /// Print the version
     Version,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Prepared image to stream
+    #[arg(long, value_name = "IMAGE")]
+    pub source: PathBuf,
+    /// Property list with the stream's settings (asr's keys: Data Rate,
+    /// Multicast Address, Port, Multicast TTL, ...)
+    #[arg(long, value_name = "PLIST")]
+    pub config: PathBuf,
+    /// Network interface to stream on (default: the first one up)
+    #[arg(long, value_name = "IF")]
+    pub interface: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -78,12 +94,26 @@ pub struct OutputArgs {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Image file, raw/.gz/.xz/.zst image, block device or http(s) URL
+    /// Image file, raw/.gz/.xz/.zst image, block device, http(s) URL or
+    /// mcast://SERVER[:PORT]
     #[arg(long, value_name = "SOURCE")]
     pub source: String,
     /// Block device or file to erase and write
-    #[arg(long, value_name = "TARGET")]
-    pub target: PathBuf,
+    #[arg(
+        long,
+        value_name = "TARGET",
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
+    pub target: Option<PathBuf>,
+    /// Write the image to this file; a directory means a file in it named
+    /// after the image (--erase replaces an existing file)
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Give up when no data has arrived for this many seconds (multicast;
+    /// 0 = never)
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub timeout: u64,
     /// Erase the target (required: a restore overwrites everything on it)
     #[arg(long)]
     pub erase: bool,
@@ -215,17 +245,19 @@ const LEGACY: &[&str] = &[
     "debug",
     "puppetstrings",
     "imagescan",
+    "file",
+    "timeout",
+    "config",
+    "interface",
 ];
-const VERBS: &[&str] = &[
-    "restore",
-    "restoreexact",
-    "imagescan",
-    "imagecreate",
-    "catalog",
-    "serve",
-    "help",
-    "version",
-];
+
+fn is_verb(word: &str) -> bool {
+    use clap::CommandFactory;
+    word == "help"
+        || Cli::command()
+            .get_subcommands()
+            .any(|c| c.get_name() == word)
+}
 
 /// Rewrites asr's legacy spellings into the modern ones: `-source` becomes
 /// `--source`, `-imagescan IMAGE` becomes `imagescan IMAGE`, and a verb-less
@@ -247,7 +279,7 @@ pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
         let first = out[1].to_string_lossy().into_owned();
         if first == "--imagescan" {
             out[1] = "imagescan".into();
-        } else if !VERBS.contains(&first.as_str()) && out.iter().any(|a| a == "--source") {
+        } else if !is_verb(&first) && out.iter().any(|a| a == "--source") {
             out.insert(1, "restore".into());
         }
     }
@@ -278,7 +310,7 @@ mod tests {
             panic!("not a restore")
         };
         assert_eq!(r.source, "a.rimg");
-        assert_eq!(r.target, PathBuf::from("/dev/sdb"));
+        assert_eq!(r.target, Some(PathBuf::from("/dev/sdb")));
         assert!(r.erase && r.noprompt && !r.noverify);
     }
 

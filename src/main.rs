@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         Command::Restore(a) | Command::Restoreexact(a) => a.output.debug,
         Command::Imagescan(a) => a.out.debug,
         Command::Imagecreate(a) => a.output.debug,
-        Command::Catalog(_) | Command::Serve(_) | Command::Version => false,
+        Command::Catalog(_) | Command::Serve(_) | Command::Server(_) | Command::Version => false,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,6 +124,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             })
         }
+        Command::Server(a) => {
+            let opts = reimage::mcast::server::ServerOptions {
+                config: reimage::mcast::config::ServerConfig::load(&a.config)?,
+                source: a.source,
+                interface: a.interface,
+            };
+            reimage::mcast::server::run(&opts)
+        }
         Command::Version => {
             println!("reimage {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -143,6 +151,8 @@ fn restore_cmd(a: reimage::cli::RestoreArgs, exact: bool) -> anyhow::Result<()> 
         csum_buffers: a.csumbuffers as usize,
         csum_buffer_size: a.csumbuffersize as usize,
         workers: 0,
+        timeout: (a.timeout > 0).then(|| std::time::Duration::from_secs(a.timeout)),
+        name_in_dir: a.file.is_some(),
         pubkey: a
             .pubkey
             .as_deref()
@@ -155,10 +165,14 @@ fn restore_cmd(a: reimage::cli::RestoreArgs, exact: bool) -> anyhow::Result<()> 
             ..Default::default()
         },
     };
-    let report = restore::restore(&a.source, &a.target, &opts, progress.as_ref())?;
+    let target = a
+        .target
+        .or(a.file)
+        .expect("clap requires --target or --file");
+    let report = restore::restore(&a.source, &target, &opts, progress.as_ref())?;
     progress.note(&format!(
         "Restored {} ({} written in {:.1} s{})",
-        a.target.display(),
+        report.target.display(),
         reimage::util::human_size(report.written),
         report.elapsed.as_secs_f64(),
         if report.verified { ", verified" } else { "" }

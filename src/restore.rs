@@ -13,7 +13,7 @@
 //! while later pieces are still being written, and finishes after them.
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,6 +49,11 @@ pub struct RestoreOptions {
     pub http: source::HttpOptions,
     /// Require a signature by this key over the image's manifest.
     pub pubkey: Option<minisign_verify::PublicKey>,
+    /// Give up when a multicast source sends nothing for this long.
+    pub timeout: Option<Duration>,
+    /// A target that is a directory means a file in it named after the
+    /// image (`--file DIR`).
+    pub name_in_dir: bool,
 }
 
 impl Default for RestoreOptions {
@@ -65,12 +70,16 @@ impl Default for RestoreOptions {
             workers: 0,
             http: source::HttpOptions::default(),
             pubkey: None,
+            timeout: None,
+            name_in_dir: false,
         }
     }
 }
 
 #[derive(Debug)]
 pub struct RestoreReport {
+    /// Where the image went (a `--file` directory resolved to the file).
+    pub target: PathBuf,
     /// Bytes written to the target (zeroed ranges included).
     pub written: u64,
     pub verified: bool,
@@ -104,6 +113,7 @@ pub fn restore(
     let source_opts = source::SourceOptions {
         piece_len: opts.buffer_size,
         http: opts.http.clone(),
+        timeout: opts.timeout,
     };
     let src = source::open(source_spec, &source_opts)?;
     if let Some(key) = &opts.pubkey {
@@ -112,6 +122,13 @@ pub fn restore(
     }
     progress.finish(Phase::ValidateSource);
 
+    let in_dir;
+    let target_path = if opts.name_in_dir && target_path.is_dir() {
+        in_dir = target_path.join(file_name_for(source_spec, src.info()));
+        &in_dir
+    } else {
+        target_path
+    };
     progress.start(Phase::ValidateTarget, 0);
     let mut target = Target::open(target_path)?;
     if let Err(e) = preflight(source_spec, src.as_ref(), &target, opts, progress) {
@@ -129,6 +146,7 @@ pub fn restore(
     let result = write_and_verify(src, &mut target, opts, progress);
     match result {
         Ok((written, verified)) => Ok(RestoreReport {
+            target: target_path.to_owned(),
             written,
             verified,
             elapsed: started.elapsed(),
@@ -147,6 +165,36 @@ pub fn restore(
     }
 }
 
+/// The file name `--file DIR` restores into: the image's name, else the
+/// source's file name, made safe as one path component.
+fn file_name_for(source_spec: &str, info: &source::ImageInfo) -> String {
+    let named = info
+        .head
+        .as_ref()
+        .map(|h| h.manifest.name.clone())
+        .filter(|n| !n.is_empty());
+    let name = named.unwrap_or_else(|| {
+        let last = source_spec.trim_end_matches('/').rsplit('/').next();
+        last.unwrap_or_default().to_owned()
+    });
+    let safe: String = name
+        .chars()
+        .map(|c| if c == '/' || c.is_control() { '_' } else { c })
+        .collect();
+    let safe = safe.trim_start_matches('.');
+    if safe.is_empty() {
+        "image.img".into()
+    } else if named_has_ext(safe) {
+        safe.to_owned()
+    } else {
+        format!("{safe}.img")
+    }
+}
+
+fn named_has_ext(name: &str) -> bool {
+    Path::new(name).extension().is_some()
+}
+
 /// With `--pubkey`: the image must be prepared and its manifest signed by
 /// that key, checked before anything is written.
 fn check_signature(
@@ -160,7 +208,9 @@ fn check_signature(
             "--pubkey: {source_spec} is not a prepared image; only prepared images carry signatures"
         )
     })?;
-    let sig = source::fetch_signature(source_spec, opts)?
+    let carried = src.info().signature.clone();
+    let sig = carried
+        .map_or_else(|| source::fetch_signature(source_spec, opts), |s| Ok(Some(s)))?
         .ok_or_else(|| anyhow!("{source_spec} is not signed ({source_spec}.minisig not found) and --pubkey requires a signature"))?;
     crate::signature::verify_manifest(
         key,
@@ -423,6 +473,11 @@ fn check_piece(
 ) -> Result<Ready> {
     let (offset, len, digest) = match piece {
         Piece::Raw { offset, len } => (offset, len, *blake3::hash(&slot.data[..len]).as_bytes()),
+        Piece::Checked(i) => {
+            let m = manifest.ok_or_else(|| anyhow!("internal: extent piece without a manifest"))?;
+            let e = &m.extents[i];
+            (e.target_offset, e.length as usize, e.digest)
+        }
         Piece::Extent(i) => {
             let m = manifest.ok_or_else(|| anyhow!("internal: extent piece without a manifest"))?;
             let dctx = dctx.ok_or_else(|| anyhow!("could not create a zstd decompressor"))?;

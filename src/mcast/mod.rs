@@ -4,3 +4,7 @@
 
 pub mod config;
 pub mod dnssd;
+pub mod fec;
+pub mod server;
+pub mod wire;
+pub mod client;

@@ -20,7 +20,9 @@ use crate::io::{AlignedBuf, DirectReader, open_read_direct};
 
 pub use http::HttpOptions;
 pub use prepared::PreparedSource;
+pub(crate) use prepared::prepared_info;
 pub use raw::{Compression, RawSource, RawSpec};
+pub(crate) use resolve::lookup_ipv4;
 
 /// Size of the blocks the sequential readers fetch, in bytes: large enough
 /// that O_DIRECT reads run at device speed.
@@ -48,6 +50,9 @@ pub enum Piece {
     /// Payload of manifest extent `i`: compressed bytes in `input`, or the
     /// bytes themselves in `data` for stored extents.
     Extent(usize),
+    /// Extent `i` already unpacked into `data` by the source and checked
+    /// against its digest (`unpack_extent`).
+    Checked(usize),
     /// `len` bytes of raw image for target offset `offset`, in `data`.
     Raw { offset: u64, len: usize },
 }
@@ -64,6 +69,8 @@ pub struct ImageInfo {
     /// Bytes the source will read in all (for progress when `size` is not
     /// known, as with a gzip stream).
     pub source_len: Option<u64>,
+    /// The image's signature, when the source brings it along (multicast).
+    pub signature: Option<String>,
 }
 
 pub trait ChunkSource: Display + Send {
@@ -103,6 +110,8 @@ pub struct SourceOptions {
     /// Size of the pieces raw streams are cut into (`--buffersize`).
     pub piece_len: usize,
     pub http: HttpOptions,
+    /// Multicast: give up after this long without data (None: never).
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Default for SourceOptions {
@@ -110,6 +119,7 @@ impl Default for SourceOptions {
         SourceOptions {
             piece_len: 1 << 20,
             http: HttpOptions::default(),
+            timeout: None,
         }
     }
 }
@@ -119,10 +129,13 @@ impl Default for SourceOptions {
 const SNIFF_LEN: usize = 18;
 
 /// Opens a source named on the command line: a path, a block device, or an
-/// http(s):// URL.
+/// http(s):// or mcast:// URL.
 pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
     if spec.starts_with("http://") || spec.starts_with("https://") {
         return http::open(spec, opts);
+    }
+    if spec.starts_with("mcast://") {
+        return crate::mcast::client::open(spec, opts);
     }
     if let Some((scheme, _)) = spec.split_once("://") {
         bail!("{scheme}:// sources are not supported by this version of reimage");

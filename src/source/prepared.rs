@@ -21,7 +21,7 @@ pub struct PreparedSource {
 }
 
 /// What every prepared source knows once it has the head.
-pub(super) fn prepared_info(head: ImageHead) -> ImageInfo {
+pub(crate) fn prepared_info(head: ImageHead) -> ImageInfo {
     let m = &head.manifest;
     ImageInfo {
         size: Some(m.logical_size),
@@ -29,6 +29,7 @@ pub(super) fn prepared_info(head: ImageHead) -> ImageInfo {
         content: m.content,
         source_len: Some(m.payload_area + m.payload_bytes()),
         head: Some(head),
+        signature: None,
     }
 }
 

@@ -98,6 +98,7 @@ impl RawSource {
             content: Content::Raw,
             head: None,
             source_len: spec.stream_len,
+            signature: None,
         };
         Ok(RawSource {
             name: spec.name,

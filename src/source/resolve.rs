@@ -69,3 +69,25 @@ impl Resolve for SystemResolver {
         })
     }
 }
+
+/// Resolves `host` (a name or an IPv4 address) to an IPv4 address, the
+/// same way the HTTP client does, for the multicast control connection.
+pub fn lookup_ipv4(host: &str) -> anyhow::Result<std::net::Ipv4Addr> {
+    if let Ok(ip) = host.parse() {
+        return Ok(ip);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let built = build().map_err(|e| anyhow::anyhow!("cannot resolve {host}: {e}"))?;
+    let lookup = rt
+        .block_on(built.resolver.lookup_ip(host))
+        .map_err(|e| anyhow::anyhow!("cannot resolve {host}: {e}"))?;
+    lookup
+        .iter()
+        .find_map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("{host} has no IPv4 address"))
+}

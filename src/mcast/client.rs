@@ -1,0 +1,661 @@
+//! `restore --source mcast://HOST[:PORT]`: joins a `reimage server`
+//! stream. The control connection brings the manifest and session key; a
+//! receiver thread collects RaptorQ symbols per chunk and decodes each
+//! chunk as soon as it has enough; chunks reach the restore pipeline in
+//! whatever order they decode, each checked against its manifest digest.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::io::IoSliceMut;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use raptorq::{EncodingPacket, PayloadId, SourceBlockDecoder};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::fec;
+use super::wire::{self, Key, Msg, SYMBOL_SIZE};
+use crate::image::format::{self, Codec, HEADER_LEN, ImageHead};
+use crate::source::{ChunkSource, ImageInfo, Piece, Slot, SourceOptions};
+
+pub const DEFAULT_PORT: u16 = 7800;
+
+/// Memory for symbols of chunks not yet decoded. Chunks normally decode
+/// within their own transmission, so this holds only the few that lost
+/// too much; symbols of further chunks wait for the next pass.
+const COLLECT_LIMIT: usize = 128 << 20;
+
+/// How often the client tells the server what it still needs.
+const REPORT_EVERY: Duration = Duration::from_millis(250);
+
+/// Counters the receiver keeps and the reporter sends.
+#[derive(Default)]
+struct Stats {
+    received: AtomicU64,
+    expected: AtomicU64,
+    overflows: AtomicU64,
+    written: AtomicU64,
+    /// Milliseconds since `epoch` at the last valid datagram.
+    last_data_ms: AtomicU64,
+}
+
+struct Shared {
+    /// Per chunk: decoded (and not refused by the digest check since).
+    held: Vec<AtomicBool>,
+    stats: Stats,
+    epoch: Instant,
+    stop: AtomicBool,
+    /// Why the control connection ended, if it did.
+    control_lost: Mutex<Option<String>>,
+    control: Mutex<TcpStream>,
+}
+
+impl Shared {
+    fn missing(&self) -> Vec<(u32, u32)> {
+        let mut ranges: Vec<(u32, u32)> = Vec::new();
+        for (i, h) in self.held.iter().enumerate() {
+            if h.load(Ordering::Relaxed) {
+                continue;
+            }
+            let i = i as u32;
+            match ranges.last_mut() {
+                Some((_, end)) if *end == i => *end = i + 1,
+                _ => ranges.push((i, i + 1)),
+            }
+        }
+        ranges
+    }
+
+    fn send(&self, m: &Msg) -> std::io::Result<()> {
+        let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        wire::write_msg(&mut *c, m)
+    }
+}
+
+pub struct MulticastSource {
+    spec: String,
+    info: ImageInfo,
+    welcome: wire::Welcome,
+    key: Key,
+    local: Ipv4Addr,
+    shared: Arc<Shared>,
+    timeout: Option<Duration>,
+    /// Decoded payloads from the receiver, not yet checked.
+    decoded: Option<Receiver<(usize, Vec<u8>)>>,
+    /// Chunks whose decoded payload failed the digest check: collect again.
+    refused: Option<Sender<usize>>,
+    remaining: usize,
+    dctx: zstd::bulk::Decompressor<'static>,
+    done_sent: bool,
+}
+
+/// Splits `mcast://host[:port]` into host and port.
+fn parse_url(spec: &str) -> Result<(String, u16)> {
+    let rest = spec
+        .strip_prefix("mcast://")
+        .ok_or_else(|| anyhow!("{spec}: not an mcast:// URL"))?;
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') {
+        bail!("{spec}: expected mcast://HOST[:PORT]");
+    }
+    match rest.rsplit_once(':') {
+        Some((host, port)) => {
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| anyhow!("{spec}: bad port {port:?}"))?;
+            Ok((host.to_owned(), port))
+        }
+        None => Ok((rest.to_owned(), DEFAULT_PORT)),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "client".into())
+}
+
+pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
+    let (host, port) = parse_url(spec)?;
+    let ip = crate::source::lookup_ipv4(&host).with_context(|| spec.to_owned())?;
+    let server = SocketAddr::from((ip, port));
+    let mut conn = TcpStream::connect_timeout(&server, Duration::from_secs(10))
+        .with_context(|| format!("connecting to the multicast server at {server}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    conn.set_nodelay(true)?;
+    let hello = Msg::Hello(wire::Hello {
+        version: wire::PROTOCOL_VERSION,
+        client: hostname(),
+    });
+    wire::write_msg(&mut conn, &hello).with_context(|| format!("talking to {server}"))?;
+    let welcome = match wire::read_msg(&mut conn, 64 << 10).with_context(|| spec.to_owned())? {
+        Some(Msg::Welcome(w)) => w,
+        Some(Msg::Error(e)) => bail!("{spec}: the server refused: {e}"),
+        _ => bail!("{spec}: the server did not answer with a welcome"),
+    };
+    let key = check_welcome(spec, &welcome)?;
+    let head = match wire::read_msg(&mut conn, wire::MAX_FRAME).with_context(|| spec.to_owned())? {
+        Some(Msg::Head(bytes)) => parse_head(spec, bytes)?,
+        _ => bail!("{spec}: the server did not send the image's manifest"),
+    };
+    let local = match conn.local_addr()? {
+        SocketAddr::V4(a) => *a.ip(),
+        SocketAddr::V6(_) => bail!("{spec}: multicast needs IPv4"),
+    };
+    let n = head.manifest.extents.len();
+    let mut info = crate::source::prepared_info(head);
+    info.signature = welcome.signature.clone();
+    let shared = Arc::new(Shared {
+        held: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        stats: Stats::default(),
+        epoch: Instant::now(),
+        stop: AtomicBool::new(false),
+        control_lost: Mutex::new(None),
+        control: Mutex::new(conn),
+    });
+    Ok(Box::new(MulticastSource {
+        spec: spec.to_owned(),
+        info,
+        welcome,
+        key,
+        local,
+        shared,
+        timeout: opts.timeout,
+        decoded: None,
+        refused: None,
+        remaining: n,
+        dctx: zstd::bulk::Decompressor::new()?,
+        done_sent: false,
+    }))
+}
+
+fn check_welcome(spec: &str, w: &wire::Welcome) -> Result<Key> {
+    if w.version != wire::PROTOCOL_VERSION {
+        bail!(
+            "{spec}: the server speaks protocol version {}, this reimage {}",
+            w.version,
+            wire::PROTOCOL_VERSION
+        );
+    }
+    if !w.group.is_multicast() || w.port == 0 || w.symbol_size != SYMBOL_SIZE {
+        bail!("{spec}: the server sent unusable stream parameters");
+    }
+    let mut key = [0u8; 32];
+    let hex = w.key.as_bytes();
+    if hex.len() != 64 {
+        bail!("{spec}: the server sent a malformed session key");
+    }
+    for (i, b) in key.iter_mut().enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16);
+        match (digit(hex[2 * i]), digit(hex[2 * i + 1])) {
+            (Some(h), Some(l)) => *b = (h * 16 + l) as u8,
+            _ => bail!("{spec}: the server sent a malformed session key"),
+        }
+    }
+    Ok(key)
+}
+
+fn parse_head(spec: &str, bytes: Vec<u8>) -> Result<ImageHead> {
+    if bytes.len() < HEADER_LEN {
+        bail!("{spec}: the manifest the server sent is truncated");
+    }
+    let header = format::Header::decode(&bytes[..HEADER_LEN]).with_context(|| spec.to_owned())?;
+    let head = format::parse_head(header, bytes[HEADER_LEN..].to_vec())
+        .with_context(|| format!("{spec}: the manifest the server sent"))?;
+    if let Some(i) = head
+        .manifest
+        .extents
+        .iter()
+        .position(|e| fec::source_symbols(u64::from(e.payload_len)) > fec::MAX_SYMBOLS)
+    {
+        bail!("{spec}: chunk {i} is too large to multicast");
+    }
+    Ok(head)
+}
+
+impl MulticastSource {
+    /// Joins the group and starts the receiver and the reporter. Deferred
+    /// until the first piece is wanted: nothing is received before the
+    /// target has passed preflight.
+    fn start(&mut self) -> Result<()> {
+        let w = &self.welcome;
+        let socket = join(w.group, w.port, self.local)
+            .with_context(|| format!("joining {}:{} on {}", w.group, w.port, self.local))?;
+        let (decoded_tx, decoded_rx) = bounded(4);
+        let (refused_tx, refused_rx) = unbounded();
+        let head = self
+            .info
+            .head
+            .clone()
+            .expect("multicast sources have a head");
+        let receiver = Receiver_ {
+            socket,
+            key: self.key,
+            session: w.session,
+            head,
+            shared: self.shared.clone(),
+            collectors: HashMap::new(),
+            collected: 0,
+            decoded: decoded_tx,
+            refused: refused_rx,
+            first_seq: None,
+        };
+        std::thread::Builder::new()
+            .name("mcast-receive".into())
+            .spawn(move || receiver.run())?;
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name("mcast-report".into())
+            .spawn(move || report_loop(&shared))?;
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name("mcast-control".into())
+            .spawn(move || watch_control(&shared))?;
+        self.decoded = Some(decoded_rx);
+        self.refused = Some(refused_tx);
+        Ok(())
+    }
+
+    fn silence(&self) -> Duration {
+        let last = self.shared.stats.last_data_ms.load(Ordering::Relaxed);
+        self.shared
+            .epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last))
+    }
+
+    fn finish(&mut self, error: Option<String>) {
+        if self.done_sent {
+            return;
+        }
+        self.done_sent = true;
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let done = Msg::Done(wire::Done {
+            ok: error.is_none(),
+            error,
+        });
+        let _ = self.shared.send(&done);
+    }
+}
+
+impl Drop for MulticastSource {
+    fn drop(&mut self) {
+        self.finish(Some("the restore stopped".into()));
+    }
+}
+
+impl fmt::Display for MulticastSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.info.head.as_ref().expect("has a head").manifest;
+        write!(
+            f,
+            "multicast stream \"{}\" from {} (group {})",
+            m.name, self.spec, self.welcome.group
+        )
+    }
+}
+
+impl ChunkSource for MulticastSource {
+    fn info(&self) -> &ImageInfo {
+        &self.info
+    }
+
+    fn position(&self) -> u64 {
+        self.shared.stats.written.load(Ordering::Relaxed)
+    }
+
+    fn next_piece(&mut self, slot: &mut Slot) -> Result<Option<Piece>> {
+        if self.remaining == 0 {
+            self.finish(None);
+            return Ok(None);
+        }
+        if self.decoded.is_none() {
+            self.start()?;
+            self.shared.stats.last_data_ms.store(
+                self.shared.epoch.elapsed().as_millis() as u64,
+                Ordering::Relaxed,
+            );
+        }
+        let decoded = self.decoded.clone().expect("started above");
+        loop {
+            let (i, mut payload) = match decoded.recv_timeout(Duration::from_millis(200)) {
+                Ok(x) => x,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if let Some(t) = self.timeout.filter(|t| self.silence() > *t) {
+                        let why = self
+                            .shared
+                            .control_lost
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone()
+                            .map_or_else(String::new, |w| format!(" ({w})"));
+                        bail!(
+                            "no data from {} for {} s{why}; giving up",
+                            self.spec,
+                            t.as_secs()
+                        );
+                    }
+                    continue;
+                }
+                Err(_) => bail!("{}: the receiver stopped", self.spec),
+            };
+            let head = self.info.head.as_ref().expect("has a head");
+            let e = &head.manifest.extents[i];
+            match e.codec {
+                Codec::Zstd => std::mem::swap(&mut slot.input, &mut payload),
+                Codec::Stored => slot.data[..payload.len()].copy_from_slice(&payload),
+            }
+            match crate::source::unpack_extent(&head.manifest, i, slot, &mut self.dctx) {
+                Ok(_) => {
+                    self.remaining -= 1;
+                    self.shared
+                        .stats
+                        .written
+                        .fetch_add(u64::from(e.payload_len), Ordering::Relaxed);
+                    return Ok(Some(Piece::Checked(i)));
+                }
+                // Only a sender holding the session key gets this far: a
+                // client of the same session forging symbols. Collect the
+                // chunk again from the server's next symbols.
+                Err(err) => {
+                    eprintln!(
+                        "{}: chunk {i} refused ({err:#}); collecting it again",
+                        self.spec
+                    );
+                    if let Some(r) = &self.refused {
+                        let _ = r.send(i);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A UDP socket that receives the group's datagrams on the interface
+/// facing the server, and nothing else.
+fn join(group: Ipv4Addr, port: u16, local: Ipv4Addr) -> Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    // Without this, a socket bound to a port gets every joined group's
+    // datagrams for that port, other sessions' included.
+    s.set_multicast_all_v4(false)?;
+    // Room for a second of stream while the thread decodes a chunk.
+    if s.set_recv_buffer_size(32 << 20).is_err() || s.recv_buffer_size()? < (8 << 20) {
+        let _ = force_recv_buffer(&s, 32 << 20);
+    }
+    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RxqOvfl, &1)?;
+    s.bind(&SocketAddr::V4(SocketAddrV4::new(group, port)).into())?;
+    s.join_multicast_v4(&group, &local)?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    Ok(s.into())
+}
+
+/// SO_RCVBUFFORCE: as root, a receive buffer above the sysctl limit.
+fn force_recv_buffer(s: &Socket, bytes: i32) -> std::io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const bytes).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The symbols of one chunk received so far.
+struct Collector {
+    decoder: SourceBlockDecoder,
+    k: u32,
+    seen: HashSet<u32>,
+    /// Symbols not yet given to the decoder: decoding is tried only when
+    /// enough have come, since a failed attempt costs a whole solve.
+    pending: Vec<EncodingPacket>,
+    try_at: u32,
+}
+
+/// The receiver thread's state (named apart from crossbeam's Receiver).
+struct Receiver_ {
+    socket: UdpSocket,
+    key: Key,
+    session: u64,
+    head: ImageHead,
+    shared: Arc<Shared>,
+    collectors: HashMap<usize, Collector>,
+    /// Bytes of symbols held in `collectors`.
+    collected: usize,
+    decoded: Sender<(usize, Vec<u8>)>,
+    refused: Receiver<usize>,
+    first_seq: Option<u64>,
+}
+
+impl Receiver_ {
+    fn run(mut self) {
+        let mut buf = vec![0u8; wire::MAX_DATAGRAM + 1];
+        let mut cmsg = nix::cmsg_space!(u32);
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            while let Ok(i) = self.refused.try_recv() {
+                self.shared.held[i].store(false, Ordering::Relaxed);
+            }
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = match nix::sys::socket::recvmsg::<()>(
+                self.socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                nix::sys::socket::MsgFlags::empty(),
+            ) {
+                Ok(m) => m,
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    eprintln!("multicast receive failed: {e}");
+                    return;
+                }
+            };
+            let len = msg.bytes;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let nix::sys::socket::ControlMessageOwned::RxqOvfl(n) = c {
+                        self.shared
+                            .stats
+                            .overflows
+                            .store(u64::from(n), Ordering::Relaxed);
+                    }
+                }
+            }
+            if self.accept(&buf[..len]).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Takes one datagram; Err only when the restore side has gone.
+    fn accept(&mut self, datagram: &[u8]) -> Result<(), ()> {
+        let Ok((h, symbol)) = wire::parse_symbol(&self.key, self.session, SYMBOL_SIZE, datagram)
+        else {
+            return Ok(());
+        };
+        let stats = &self.shared.stats;
+        let first = *self.first_seq.get_or_insert(h.seq);
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        stats
+            .expected
+            .fetch_max(h.seq.saturating_sub(first) + 1, Ordering::Relaxed);
+        stats.last_data_ms.store(
+            self.shared.epoch.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        let i = h.chunk as usize;
+        let Some(e) = self.head.manifest.extents.get(i) else {
+            return Ok(());
+        };
+        if self.shared.held[i].load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let k = fec::source_symbols(u64::from(e.payload_len));
+        if !self.collectors.contains_key(&i) {
+            if self.collected + fec::padded_len(u64::from(e.payload_len)) > COLLECT_LIMIT {
+                return Ok(());
+            }
+            let config = fec::block_config(k);
+            self.collectors.insert(
+                i,
+                Collector {
+                    decoder: SourceBlockDecoder::new(
+                        0,
+                        &config,
+                        fec::padded_len(u64::from(e.payload_len)) as u64,
+                    ),
+                    k,
+                    seen: HashSet::new(),
+                    pending: Vec::new(),
+                    try_at: k,
+                },
+            );
+        }
+        let c = self.collectors.get_mut(&i).expect("inserted above");
+        if !c.seen.insert(h.esi) {
+            return Ok(());
+        }
+        self.collected += symbol.len();
+        c.pending.push(EncodingPacket::new(
+            PayloadId::new(0, h.esi),
+            symbol.to_vec(),
+        ));
+        let have = c.seen.len() as u32;
+        if have < c.try_at {
+            return Ok(());
+        }
+        let Some(mut data) = c.decoder.decode(c.pending.drain(..)) else {
+            // Rank-deficient: a couple more symbols almost always do it.
+            c.try_at = have + 2;
+            return Ok(());
+        };
+        let k = c.k;
+        self.collectors.remove(&i);
+        self.collected = self
+            .collected
+            .saturating_sub(k as usize * SYMBOL_SIZE as usize);
+        data.truncate(e.payload_len as usize);
+        self.shared.held[i].store(true, Ordering::Relaxed);
+        self.decoded.send((i, data)).map_err(|_| ())
+    }
+}
+
+/// Sends a report a few times a second until the restore ends.
+fn report_loop(shared: &Shared) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let s = &shared.stats;
+        let report = Msg::Report(wire::Report {
+            missing: shared.missing(),
+            received: s.received.load(Ordering::Relaxed),
+            expected: s.expected.load(Ordering::Relaxed),
+            overflows: s.overflows.load(Ordering::Relaxed),
+            written: s.written.load(Ordering::Relaxed),
+        });
+        if shared.send(&report).is_err() {
+            return;
+        }
+        std::thread::sleep(REPORT_EVERY);
+    }
+}
+
+/// Notices the server going away (or ending the session with an error),
+/// so a timeout can say why the data stopped.
+fn watch_control(shared: &Shared) {
+    let Ok(mut conn) = shared
+        .control
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .try_clone()
+    else {
+        return;
+    };
+    let _ = conn.set_read_timeout(None);
+    let why = match wire::read_msg(&mut conn, 64 << 10) {
+        Ok(Some(Msg::Error(e))) => format!("the server ended the session: {e}"),
+        Ok(_) => "the server closed the control connection".to_owned(),
+        Err(e) => format!("the control connection failed: {e:#}"),
+    };
+    *shared
+        .control_lost
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(why);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("mcast://10.0.0.1").unwrap(),
+            ("10.0.0.1".into(), 7800)
+        );
+        assert_eq!(
+            parse_url("mcast://srv:7900/").unwrap(),
+            ("srv".into(), 7900)
+        );
+        for bad in [
+            "mcast://",
+            "mcast://h:0",
+            "mcast://h:x",
+            "mcast://h/a",
+            "http://h",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn welcome_checks() {
+        let good = wire::Welcome {
+            version: wire::PROTOCOL_VERSION,
+            session: 1,
+            key: "0f".repeat(32),
+            group: Ipv4Addr::new(239, 255, 0, 1),
+            port: 7800,
+            symbol_size: SYMBOL_SIZE,
+            signature: None,
+        };
+        assert_eq!(check_welcome("s", &good).unwrap(), [0x0f; 32]);
+        let bad = [
+            wire::Welcome {
+                version: 9,
+                ..good.clone()
+            },
+            wire::Welcome {
+                key: "zz".repeat(32),
+                ..good.clone()
+            },
+            wire::Welcome {
+                key: "0f".into(),
+                ..good.clone()
+            },
+            wire::Welcome {
+                group: Ipv4Addr::new(10, 0, 0, 1),
+                ..good.clone()
+            },
+            wire::Welcome {
+                symbol_size: 1000,
+                ..good.clone()
+            },
+        ];
+        for w in bad {
+            assert!(check_welcome("s", &w).is_err(), "{w:?}");
+        }
+    }
+}

@@ -1,0 +1,567 @@
+//! `reimage server`: asr's multicast server. Clients connect over TCP,
+//! get the manifest and the session key, and report what they still
+//! miss; the stream loops over the chunks someone still needs, each sent
+//! as fresh RaptorQ symbols, paced at the configured rate.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use raptorq::SourceBlockEncoder;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::config::ServerConfig;
+use super::fec;
+use super::wire::{self, Key, Msg, Report, SYMBOL_SIZE, SymbolHeader};
+use crate::image::format::{self, ImageHead};
+
+pub struct ServerOptions {
+    pub source: PathBuf,
+    pub config: ServerConfig,
+    /// Network interface for the stream (and the address advertised).
+    pub interface: Option<String>,
+}
+
+/// A client silent this long (it reports several times a second) is gone.
+const CLIENT_SILENCE: Duration = Duration::from_secs(15);
+
+/// What the server knows about one connected client.
+struct Peer {
+    name: String,
+    /// Chunks not yet held; None until the first report (everything).
+    missing: Option<Vec<(u32, u32)>>,
+    /// Recent fraction of datagrams lost on the way to this client.
+    loss: f64,
+    received: u64,
+    expected: u64,
+    overflows: u64,
+    /// Its socket overflowed since the rate was last adjusted.
+    behind: bool,
+    done: bool,
+}
+
+impl Peer {
+    fn needs(&self, chunk: u32) -> bool {
+        if self.done {
+            return false;
+        }
+        let Some(missing) = &self.missing else {
+            return true;
+        };
+        let i = missing.partition_point(|&(_, end)| end <= chunk);
+        missing.get(i).is_some_and(|&(start, _)| start <= chunk)
+    }
+
+    fn update(&mut self, r: Report) {
+        let (dr, de) = (
+            r.received.saturating_sub(self.received),
+            r.expected.saturating_sub(self.expected),
+        );
+        // A loss estimate from a handful of datagrams is noise.
+        if de >= 64 {
+            let sample = 1.0 - (dr as f64 / de as f64).min(1.0);
+            // Rise at once (too few symbols cost a pass), decay slowly.
+            self.loss = if sample > self.loss {
+                sample
+            } else {
+                0.8 * self.loss + 0.2 * sample
+            };
+            (self.received, self.expected) = (r.received, r.expected);
+        }
+        if r.overflows > self.overflows {
+            self.behind = true;
+        }
+        self.overflows = r.overflows;
+        self.missing = Some(r.missing);
+    }
+}
+
+#[derive(Default)]
+struct State {
+    peers: HashMap<u64, Peer>,
+    next_id: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when a client arrives.
+    arrived: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The IPv4 address of `interface`, or of the first interface that is up,
+/// not loopback and can multicast.
+pub fn interface_addr(interface: Option<&str>) -> Result<Ipv4Addr> {
+    use nix::net::if_::InterfaceFlags as F;
+    let addrs = nix::ifaddrs::getifaddrs().context("listing network interfaces")?;
+    for a in addrs {
+        let Some(v4) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) else {
+            continue;
+        };
+        let usable = match interface {
+            Some(name) => a.interface_name == name,
+            None => {
+                a.flags.contains(F::IFF_UP | F::IFF_MULTICAST) && !a.flags.contains(F::IFF_LOOPBACK)
+            }
+        };
+        if usable {
+            return Ok(v4.ip());
+        }
+    }
+    match interface {
+        Some(name) => bail!("--interface {name}: no such interface with an IPv4 address"),
+        None => bail!("no network interface is up with an IPv4 address; pass --interface"),
+    }
+}
+
+/// Paces datagrams at a byte rate without bursts longer than `SLACK`.
+struct Pacer {
+    rate: f64,
+    next: Instant,
+}
+
+/// How far ahead of schedule the sender may run before sleeping: sleeping
+/// per datagram would cost more than the datagram.
+const SLACK: Duration = Duration::from_micros(500);
+
+impl Pacer {
+    fn pace(&mut self, bytes: usize) {
+        let now = Instant::now();
+        // Idle time earns no credit for a later burst.
+        if self.next + SLACK < now {
+            self.next = now;
+        }
+        if self.next > now + SLACK {
+            std::thread::sleep(self.next - now);
+        }
+        self.next += Duration::from_secs_f64(bytes as f64 / self.rate);
+    }
+}
+
+struct Sender {
+    file: File,
+    head: ImageHead,
+    socket: UdpSocket,
+    key: Key,
+    session: u64,
+    seq: u64,
+    pass: u32,
+    /// Per chunk: whether its source symbols went out, and the next
+    /// repair symbol id, so every transmission sends fresh symbols.
+    sent_source: Vec<bool>,
+    next_repair: Vec<u32>,
+    pacer: Pacer,
+    max_rate: f64,
+    last_adjust: Instant,
+    datagram: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl Sender {
+    fn send(&mut self, chunk: u32, esi: u32, symbol: &[u8]) -> Result<()> {
+        let h = SymbolHeader {
+            session: self.session,
+            seq: self.seq,
+            chunk,
+            esi,
+            pass: self.pass,
+        };
+        self.seq += 1;
+        wire::encode_symbol(&self.key, &h, symbol, &mut self.datagram);
+        self.pacer.pace(self.datagram.len());
+        loop {
+            match self.socket.send(&self.datagram) {
+                Ok(_) => return Ok(()),
+                // A full socket buffer: the pacer is ahead of the NIC.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_micros(200))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("sending to the multicast group"),
+            }
+        }
+    }
+
+    /// Sends chunk `i` once: its source symbols the first time, then as
+    /// many fresh repair symbols as the worst loss among the clients that
+    /// need it calls for.
+    fn send_chunk(&mut self, i: usize, loss: f64) -> Result<()> {
+        let e = &self.head.manifest.extents[i];
+        let at = self.head.manifest.payload_area + e.payload_offset;
+        let len = e.payload_len as u64;
+        let k = fec::source_symbols(len);
+        self.payload.clear();
+        self.payload.resize(fec::padded_len(len), 0);
+        self.file
+            .read_exact_at(&mut self.payload[..len as usize], at)
+            .with_context(|| format!("reading chunk {i} of the image"))?;
+        let mut to_send = fec::symbols_to_send(k, loss);
+        let chunk = i as u32;
+        if !self.sent_source[i] {
+            self.sent_source[i] = true;
+            let payload = std::mem::take(&mut self.payload);
+            for (esi, symbol) in payload.chunks(SYMBOL_SIZE as usize).enumerate() {
+                self.send(chunk, esi as u32, symbol)?;
+            }
+            self.payload = payload;
+            to_send -= k;
+        }
+        let enc = SourceBlockEncoder::new(0, &fec::block_config(k), &self.payload);
+        let mut start = self.next_repair[i];
+        if u64::from(k) + u64::from(start) + u64::from(to_send)
+            >= u64::from(wire::ESI_LIMIT)
+        {
+            start = 0;
+        }
+        for p in enc.repair_packets(start, to_send) {
+            self.send(chunk, p.payload_id().encoding_symbol_id(), p.data())?;
+        }
+        self.next_repair[i] = start + to_send;
+        Ok(())
+    }
+
+    /// Slows down when a client's socket overflowed, speeds back up to the
+    /// configured rate when none did for a while.
+    fn adjust_rate(&mut self, shared: &Shared) {
+        if self.last_adjust.elapsed() < Duration::from_millis(500) {
+            return;
+        }
+        self.last_adjust = Instant::now();
+        let mut st = shared.lock();
+        let behind = st.peers.values_mut().fold(false, |any, p| {
+            let b = p.behind;
+            p.behind = false;
+            any || b
+        });
+        let rate = &mut self.pacer.rate;
+        *rate = if behind {
+            (*rate * 0.75).max(64e3)
+        } else {
+            (*rate * 1.05).min(self.max_rate)
+        };
+        if behind {
+            eprintln!(
+                "A client is falling behind; rate lowered to {}/s",
+                crate::util::human_size(*rate as u64)
+            );
+        }
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn run(opts: &ServerOptions) -> Result<()> {
+    let cfg = &opts.config;
+    let name = opts.source.display().to_string();
+    let mut file = File::open(&opts.source).with_context(|| format!("opening {name}"))?;
+    let head = read_prepared_head(&mut file, &name)?;
+    let signature = std::fs::read_to_string(format!("{name}.minisig")).ok();
+    let addr = interface_addr(opts.interface.as_deref())?;
+    let n = head.manifest.extents.len();
+
+    let session = u64::from_be_bytes(wire::random_bytes()?);
+    let key: Key = wire::random_bytes()?;
+    let socket = multicast_socket(addr, cfg)?;
+    let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, cfg.port))
+        .with_context(|| format!("listening on TCP port {}", cfg.port))?;
+    let welcome = wire::Welcome {
+        version: wire::PROTOCOL_VERSION,
+        session,
+        key: format::hex(&key),
+        group: cfg.group,
+        port: cfg.port,
+        symbol_size: SYMBOL_SIZE,
+        signature,
+    };
+    let head_bytes = format::encode_head(&head.manifest);
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        arrived: Condvar::new(),
+    });
+    {
+        let shared = shared.clone();
+        std::thread::spawn(move || accept_loop(listener, shared, welcome, head_bytes));
+    }
+    // DNS-SD advertising: wired in once the dnssd module lands.
+
+    crate::signals::catch_interrupts();
+    let rate = cfg.stream_rate() as f64;
+    let mut sender = Sender {
+        file,
+        head,
+        socket,
+        key,
+        session,
+        seq: 0,
+        pass: 0,
+        sent_source: vec![false; n],
+        next_repair: vec![0; n],
+        pacer: Pacer {
+            rate,
+            next: Instant::now(),
+        },
+        max_rate: rate,
+        last_adjust: Instant::now(),
+        datagram: Vec::with_capacity(wire::MAX_DATAGRAM),
+        payload: Vec::new(),
+    };
+    println!("Ready to start accepting clients");
+    loop {
+        if !wait_for_client(&shared)? {
+            break;
+        }
+        let mut idle_passes = 0;
+        loop {
+            sender.pass += 1;
+            println!("Starting stream {}", crate::util::now_rfc3339());
+            let restoring = stream_pass(&mut sender, &shared)?;
+            if crate::signals::check().is_err() {
+                println!("Stopped");
+                return Ok(());
+            }
+            idle_passes = if restoring { 0 } else { idle_passes + 1 };
+            if cfg.loop_suspend > 0 && idle_passes >= cfg.loop_suspend {
+                println!(
+                    "Suspending stream after {idle_passes} passes with no client; waiting for clients"
+                );
+                break;
+            }
+        }
+    }
+    println!("Stopped");
+    Ok(())
+}
+
+/// One pass over the chunks some client still needs (all of them when no
+/// client is connected, so that one joining finds the stream running).
+/// Returns whether any client was restoring during the pass.
+fn stream_pass(sender: &mut Sender, shared: &Shared) -> Result<bool> {
+    let mut restoring = false;
+    for i in 0..sender.head.manifest.extents.len() {
+        if crate::signals::check().is_err() {
+            return Ok(restoring);
+        }
+        sender.adjust_rate(shared);
+        let (needed, loss) = {
+            let st = shared.lock();
+            let active: Vec<&Peer> = st.peers.values().filter(|p| !p.done).collect();
+            restoring |= !active.is_empty();
+            let needing = active.iter().filter(|p| p.needs(i as u32));
+            let loss = needing.clone().map(|p| p.loss).fold(0.0, f64::max);
+            (active.is_empty() || needing.count() > 0, loss)
+        };
+        if needed {
+            sender.send_chunk(i, loss)?;
+        }
+    }
+    Ok(restoring)
+}
+
+/// Blocks until a client is connected and restoring; false when a signal
+/// asks to stop first.
+fn wait_for_client(shared: &Shared) -> Result<bool> {
+    let mut st = shared.lock();
+    loop {
+        if crate::signals::check().is_err() {
+            return Ok(false);
+        }
+        if st.peers.values().any(|p| !p.done) {
+            return Ok(true);
+        }
+        st = shared
+            .arrived
+            .wait_timeout(st, Duration::from_millis(200))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+fn read_prepared_head(file: &mut File, name: &str) -> Result<ImageHead> {
+    let mut magic = [0u8; 8];
+    let n = crate::io::read_full(file, &mut magic)?;
+    if crate::source::sniff(&magic[..n]) != crate::source::Sniffed::Prepared {
+        bail!(
+            "{name} is not a prepared image; the server streams prepared images only (make one with: reimage imagescan {name} --output IMAGE.rimg)"
+        );
+    }
+    file.seek(SeekFrom::Start(0))?;
+    let head = format::read_head(&mut BufReader::new(&mut *file))
+        .with_context(|| format!("reading {name}"))?;
+    for (i, e) in head.manifest.extents.iter().enumerate() {
+        if fec::source_symbols(u64::from(e.payload_len)) > fec::MAX_SYMBOLS {
+            bail!(
+                "{name}: chunk {i} is too large to multicast; recreate the image with a smaller --chunksize"
+            );
+        }
+    }
+    Ok(head)
+}
+
+fn multicast_socket(addr: Ipv4Addr, cfg: &ServerConfig) -> Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_multicast_if_v4(&addr)
+        .context("choosing the multicast interface")?;
+    s.set_multicast_ttl_v4(u32::from(cfg.ttl))?;
+    // Clients on this machine (tests, a lab server imaging itself) hear it.
+    s.set_multicast_loop_v4(true)?;
+    s.set_send_buffer_size(4 << 20)?;
+    s.bind(&SocketAddr::from((addr, 0)).into())
+        .with_context(|| format!("binding the stream's socket to {addr}"))?;
+    s.connect(&SocketAddr::from((cfg.group, cfg.port)).into())
+        .with_context(|| format!("sending to {}:{}", cfg.group, cfg.port))?;
+    Ok(s.into())
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>, welcome: wire::Welcome, head: Vec<u8>) {
+    let (welcome, head) = (Arc::new(welcome), Arc::new(head));
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let (shared, welcome, head) = (shared.clone(), welcome.clone(), head.clone());
+        std::thread::spawn(move || {
+            let who = conn
+                .peer_addr()
+                .map_or_else(|_| "a client".into(), |a| a.to_string());
+            if let Err(e) = serve_client(conn, &shared, &welcome, &head) {
+                eprintln!("Client {who}: {e:#}");
+            }
+        });
+    }
+}
+
+/// One client's control connection, from hello to done or silence.
+fn serve_client(
+    mut conn: TcpStream,
+    shared: &Shared,
+    welcome: &wire::Welcome,
+    head: &[u8],
+) -> Result<()> {
+    conn.set_read_timeout(Some(CLIENT_SILENCE))?;
+    conn.set_nodelay(true)?;
+    let hello = match wire::read_msg(&mut conn, 64 << 10)? {
+        Some(Msg::Hello(h)) => h,
+        _ => bail!("did not say hello"),
+    };
+    if hello.version != wire::PROTOCOL_VERSION {
+        let msg = format!(
+            "this server speaks protocol version {}, the client {}",
+            wire::PROTOCOL_VERSION,
+            hello.version
+        );
+        wire::write_msg(&mut conn, &Msg::Error(msg.clone()))?;
+        bail!(msg);
+    }
+    let who = format!("{} ({})", hello.client, conn.peer_addr()?);
+    wire::write_msg(&mut conn, &Msg::Welcome(welcome.clone()))?;
+    wire::write_msg(&mut conn, &Msg::Head(head.to_vec()))?;
+    let id = {
+        let mut st = shared.lock();
+        st.next_id += 1;
+        let id = st.next_id;
+        st.peers.insert(
+            id,
+            Peer {
+                name: who.clone(),
+                missing: None,
+                loss: 0.0,
+                received: 0,
+                expected: 0,
+                overflows: 0,
+                behind: false,
+                done: false,
+            },
+        );
+        id
+    };
+    shared.arrived.notify_all();
+    println!("Client {who} connected");
+    let result = client_reports(&mut conn, shared, id);
+    let peer = shared.lock().peers.remove(&id);
+    let name = peer.map_or(who, |p| p.name);
+    match result {
+        Ok(None) => println!("Client {name} finished"),
+        Ok(Some(err)) => println!("Client {name} failed: {err}"),
+        Err(e) => println!("Client {name} disconnected ({e:#})"),
+    }
+    Ok(())
+}
+
+/// Reads reports until the client is done: Ok(None) when it succeeded,
+/// Ok(Some(why)) when it says it failed.
+fn client_reports(conn: &mut TcpStream, shared: &Shared, id: u64) -> Result<Option<String>> {
+    loop {
+        match wire::read_msg(conn, wire::MAX_FRAME)? {
+            Some(Msg::Report(r)) => {
+                if let Some(p) = shared.lock().peers.get_mut(&id) {
+                    p.update(r);
+                }
+            }
+            Some(Msg::Done(d)) => {
+                return Ok(if d.ok {
+                    None
+                } else {
+                    Some(d.error.unwrap_or_else(|| "no reason given".into()))
+                });
+            }
+            Some(_) => bail!("sent an unexpected frame"),
+            None => return Err(anyhow!("connection closed")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(missing: Option<Vec<(u32, u32)>>) -> Peer {
+        Peer {
+            name: "t".into(),
+            missing,
+            loss: 0.0,
+            received: 0,
+            expected: 0,
+            overflows: 0,
+            behind: false,
+            done: false,
+        }
+    }
+
+    #[test]
+    fn needs_follows_the_missing_ranges() {
+        assert!(peer(None).needs(7));
+        let p = peer(Some(vec![(2, 4), (10, 11)]));
+        let needed: Vec<u32> = (0..12).filter(|&c| p.needs(c)).collect();
+        assert_eq!(needed, [2, 3, 10]);
+        let mut done = peer(None);
+        done.done = true;
+        assert!(!done.needs(0));
+    }
+
+    #[test]
+    fn loss_rises_at_once_and_decays_slowly() {
+        let mut p = peer(None);
+        let report = |received, expected| Report {
+            received,
+            expected,
+            ..Default::default()
+        };
+        p.update(report(900, 1000));
+        assert!((p.loss - 0.1).abs() < 1e-9);
+        p.update(report(1900, 2000));
+        assert!((p.loss - 0.08).abs() < 1e-9);
+        p.update(report(2000, 3000));
+        assert!((p.loss - 0.9).abs() < 1e-9);
+        // Too few datagrams to judge: no change.
+        p.update(report(2010, 3010));
+        assert!((p.loss - 0.9).abs() < 1e-9);
+    }
+}
