@@ -34,8 +34,20 @@ pub enum Command {
     Serve(ServeArgs),
     /// Multicast a prepared image to any number of clients, in a loop
     Server(ServerArgs),
+    /// List the multicast streams advertised on the network (DNS-SD)
+    Browse(BrowseArgs),
     /// Print the version
     Version,
+}
+
+#[derive(Debug, Args)]
+pub struct BrowseArgs {
+    /// Seconds to listen for advertisements
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    pub wait: f64,
+    /// One JSON object per line instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

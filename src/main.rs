@@ -32,7 +32,11 @@ fn main() -> ExitCode {
         Command::Restore(a) | Command::Restoreexact(a) => a.output.debug,
         Command::Imagescan(a) => a.out.debug,
         Command::Imagecreate(a) => a.output.debug,
-        Command::Catalog(_) | Command::Serve(_) | Command::Server(_) | Command::Version => false,
+        Command::Catalog(_)
+        | Command::Serve(_)
+        | Command::Server(_)
+        | Command::Browse(_)
+        | Command::Version => false,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,6 +135,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 interface: a.interface,
             };
             reimage::mcast::server::run(&opts)
+        }
+        Command::Browse(a) => {
+            let wait = std::time::Duration::try_from_secs_f64(a.wait)
+                .map_err(|_| anyhow::anyhow!("--wait {}: not a number of seconds", a.wait))?;
+            reimage::mcast::dnssd::browse_cmd(wait, a.json, &mut std::io::stdout().lock())
         }
         Command::Version => {
             println!("reimage {}", env!("CARGO_PKG_VERSION"));

@@ -208,16 +208,23 @@ fn check_signature(
             "--pubkey: {source_spec} is not a prepared image; only prepared images carry signatures"
         )
     })?;
-    let carried = src.info().signature.clone();
-    let sig = carried
-        .map_or_else(|| source::fetch_signature(source_spec, opts), |s| Ok(Some(s)))?
-        .ok_or_else(|| anyhow!("{source_spec} is not signed ({source_spec}.minisig not found) and --pubkey requires a signature"))?;
-    crate::signature::verify_manifest(
-        key,
-        &head.manifest_bytes,
-        &sig,
-        &format!("{source_spec}.minisig"),
-    )
+    // A multicast server sends the signature with the manifest; files and
+    // URLs have it beside them.
+    let (sig, name, missing) = if source_spec.starts_with("mcast://") {
+        let name = format!("the signature {source_spec} sent");
+        (src.info().signature.clone(), name, "the server has none")
+    } else {
+        let name = format!("{source_spec}.minisig");
+        (
+            source::fetch_signature(source_spec, opts)?,
+            name,
+            "not found",
+        )
+    };
+    let sig = sig.ok_or_else(|| {
+        anyhow!("{source_spec} is not signed ({name}: {missing}) and --pubkey requires a signature")
+    })?;
+    crate::signature::verify_manifest(key, &head.manifest_bytes, &sig, &name)
 }
 
 /// Every check that must pass before the first write, including asking.

@@ -44,6 +44,8 @@ struct Peer {
     /// Its socket overflowed since the rate was last adjusted.
     behind: bool,
     done: bool,
+    /// The latest report's totals, for the log.
+    totals: (u64, u64),
 }
 
 impl Peer {
@@ -74,6 +76,7 @@ impl Peer {
             };
             (self.received, self.expected) = (r.received, r.expected);
         }
+        self.totals = (r.received, r.expected);
         if r.overflows > self.overflows {
             self.behind = true;
         }
@@ -219,9 +222,7 @@ impl Sender {
         }
         let enc = SourceBlockEncoder::new(0, &fec::block_config(k), &self.payload);
         let mut start = self.next_repair[i];
-        if u64::from(k) + u64::from(start) + u64::from(to_send)
-            >= u64::from(wire::ESI_LIMIT)
-        {
+        if u64::from(k) + u64::from(start) + u64::from(to_send) >= u64::from(wire::ESI_LIMIT) {
             start = 0;
         }
         for p in enc.repair_packets(start, to_send) {
@@ -292,7 +293,21 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
         let shared = shared.clone();
         std::thread::spawn(move || accept_loop(listener, shared, welcome, head_bytes));
     }
-    // DNS-SD advertising: wired in once the dnssd module lands.
+    // Dropped (withdrawn) when the server stops.
+    let _advertisement = if cfg.dns_sd {
+        let stream = super::dnssd::Stream {
+            name: head.manifest.name.clone(),
+            size: head.manifest.logical_size,
+            digest: format::hex(&head.digest()),
+            addr,
+            port: cfg.port,
+        };
+        super::dnssd::advertise(&stream)
+            .map_err(|e| eprintln!("DNS-SD: not advertising the stream ({e:#})"))
+            .ok()
+    } else {
+        None
+    };
 
     crate::signals::catch_interrupts();
     let rate = cfg.stream_rate() as f64;
@@ -478,6 +493,7 @@ fn serve_client(
                 overflows: 0,
                 behind: false,
                 done: false,
+                totals: (0, 0),
             },
         );
         id
@@ -486,9 +502,12 @@ fn serve_client(
     println!("Client {who} connected");
     let result = client_reports(&mut conn, shared, id);
     let peer = shared.lock().peers.remove(&id);
-    let name = peer.map_or(who, |p| p.name);
+    let (name, (received, expected)) = peer.map_or((who, (0, 0)), |p| (p.name, p.totals));
     match result {
-        Ok(None) => println!("Client {name} finished"),
+        Ok(None) => println!(
+            "Client {name} finished ({:.1} % of datagrams lost)",
+            100.0 * (1.0 - received as f64 / expected.max(1) as f64)
+        ),
         Ok(Some(err)) => println!("Client {name} failed: {err}"),
         Err(e) => println!("Client {name} disconnected ({e:#})"),
     }
@@ -532,6 +551,7 @@ mod tests {
             overflows: 0,
             behind: false,
             done: false,
+            totals: (0, 0),
         }
     }
 

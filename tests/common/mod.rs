@@ -8,6 +8,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod netns;
+
 use reimage::image::format::{ImageHead, read_head};
 
 pub const MIB: u64 = 1 << 20;
