@@ -97,6 +97,15 @@ impl Server {
         }
     }
 
+    /// SIGTERM: the server must stop cleanly and say so.
+    fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status}: {}", self.output());
+        assert!(self.output().ends_with("Stopped\n"), "{}", self.output());
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -335,6 +344,7 @@ fn loop_suspend_stops_the_stream_until_a_client_comes() {
     std::fs::remove_file(&out).unwrap();
     assert_restored(&finish(client(&lan, "c1", &out, &[])), &out);
     assert!(server.output().matches("Starting stream").count() > passes);
+    server.stop();
 }
 
 /// DNS-SD on: `reimage browse` on a client finds the stream, and the URL
