@@ -43,16 +43,12 @@ struct Peer {
     overflows: u64,
     /// Its socket overflowed since the rate was last adjusted.
     behind: bool,
-    done: bool,
     /// The latest report's totals, for the log.
     totals: (u64, u64),
 }
 
 impl Peer {
     fn needs(&self, chunk: u32) -> bool {
-        if self.done {
-            return false;
-        }
         let Some(missing) = &self.missing else {
             return true;
         };
@@ -169,6 +165,8 @@ struct Sender {
     last_adjust: Instant,
     datagram: Vec<u8>,
     payload: Vec<u8>,
+    /// Datagram bytes sent so far.
+    sent: u64,
 }
 
 impl Sender {
@@ -185,7 +183,10 @@ impl Sender {
         self.pacer.pace(self.datagram.len());
         loop {
             match self.socket.send(&self.datagram) {
-                Ok(_) => return Ok(()),
+                Ok(n) => {
+                    self.sent += n as u64;
+                    return Ok(());
+                }
                 // A full socket buffer: the pacer is ahead of the NIC.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_micros(200))
@@ -329,6 +330,7 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
         last_adjust: Instant::now(),
         datagram: Vec::with_capacity(wire::MAX_DATAGRAM),
         payload: Vec::new(),
+        sent: 0,
     };
     println!("Ready to start accepting clients");
     loop {
@@ -362,6 +364,7 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
 /// Returns whether any client was restoring during the pass.
 fn stream_pass(sender: &mut Sender, shared: &Shared) -> Result<bool> {
     let mut restoring = false;
+    let (started, sent_before) = (Instant::now(), sender.sent);
     for i in 0..sender.head.manifest.extents.len() {
         if crate::signals::check().is_err() {
             return Ok(restoring);
@@ -369,15 +372,23 @@ fn stream_pass(sender: &mut Sender, shared: &Shared) -> Result<bool> {
         sender.adjust_rate(shared);
         let (needed, loss) = {
             let st = shared.lock();
-            let active: Vec<&Peer> = st.peers.values().filter(|p| !p.done).collect();
-            restoring |= !active.is_empty();
-            let needing = active.iter().filter(|p| p.needs(i as u32));
+            restoring |= !st.peers.is_empty();
+            let needing = st.peers.values().filter(|p| p.needs(i as u32));
             let loss = needing.clone().map(|p| p.loss).fold(0.0, f64::max);
-            (active.is_empty() || needing.count() > 0, loss)
+            (st.peers.is_empty() || needing.count() > 0, loss)
         };
         if needed {
             sender.send_chunk(i, loss)?;
         }
+    }
+    let (bytes, secs) = (sender.sent - sent_before, started.elapsed().as_secs_f64());
+    if bytes > 0 {
+        println!(
+            "Pass {} sent {} in {secs:.1} s ({:.1} MB/s)",
+            sender.pass,
+            crate::util::human_size(bytes),
+            bytes as f64 / secs.max(1e-3) / 1e6
+        );
     }
     Ok(restoring)
 }
@@ -390,7 +401,7 @@ fn wait_for_client(shared: &Shared) -> Result<bool> {
         if crate::signals::check().is_err() {
             return Ok(false);
         }
-        if st.peers.values().any(|p| !p.done) {
+        if !st.peers.is_empty() {
             return Ok(true);
         }
         st = shared
@@ -492,7 +503,6 @@ fn serve_client(
                 expected: 0,
                 overflows: 0,
                 behind: false,
-                done: false,
                 totals: (0, 0),
             },
         );
@@ -550,9 +560,28 @@ mod tests {
             expected: 0,
             overflows: 0,
             behind: false,
-            done: false,
             totals: (0, 0),
         }
+    }
+
+    /// However the bytes come, the pacer never lets them out faster than
+    /// the rate (beyond one burst of SLACK).
+    #[test]
+    fn pacing_never_exceeds_the_rate() {
+        let rate = 20e6;
+        let mut pacer = Pacer {
+            rate,
+            next: Instant::now(),
+        };
+        let started = Instant::now();
+        let mut sent = 0usize;
+        for i in 0..4000 {
+            let n = 1460 - (i % 7) * 100;
+            pacer.pace(n);
+            sent += n;
+        }
+        let floor = sent as f64 / rate - 2.0 * SLACK.as_secs_f64();
+        assert!(started.elapsed().as_secs_f64() >= floor);
     }
 
     #[test]
@@ -561,9 +590,6 @@ mod tests {
         let p = peer(Some(vec![(2, 4), (10, 11)]));
         let needed: Vec<u32> = (0..12).filter(|&c| p.needs(c)).collect();
         assert_eq!(needed, [2, 3, 10]);
-        let mut done = peer(None);
-        done.done = true;
-        assert!(!done.needs(0));
     }
 
     #[test]
