@@ -52,7 +52,8 @@ struct Shared {
     stop: AtomicBool,
     /// Why the control connection ended, if it did.
     control_lost: Mutex<Option<String>>,
-    control: Mutex<TcpStream>,
+    /// The control connection (None in tests).
+    control: Mutex<Option<TcpStream>>,
 }
 
 impl Shared {
@@ -73,7 +74,8 @@ impl Shared {
 
     fn send(&self, m: &Msg) -> std::io::Result<()> {
         let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
-        wire::write_msg(&mut *c, m)
+        let c = c.as_mut().ok_or(std::io::ErrorKind::NotConnected)?;
+        wire::write_msg(c, m)
     }
 }
 
@@ -158,7 +160,7 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
         epoch: Instant::now(),
         stop: AtomicBool::new(false),
         control_lost: Mutex::new(None),
-        control: Mutex::new(conn),
+        control: Mutex::new(Some(conn)),
     });
     Ok(Box::new(MulticastSource {
         spec: spec.to_owned(),
@@ -235,17 +237,11 @@ impl MulticastSource {
             .head
             .clone()
             .expect("multicast sources have a head");
-        let receiver = Receiver_ {
+        let receiver = ReceiveLoop {
             socket,
-            key: self.key,
-            session: w.session,
-            head,
-            shared: self.shared.clone(),
-            collectors: HashMap::new(),
-            collected: 0,
+            assembler: Assembler::new(self.key, w.session, head, self.shared.clone()),
             decoded: decoded_tx,
             refused: refused_rx,
-            first_seq: None,
         };
         std::thread::Builder::new()
             .name("mcast-receive".into())
@@ -419,7 +415,6 @@ fn force_recv_buffer(s: &Socket, bytes: i32) -> std::io::Result<()> {
 /// The symbols of one chunk received so far.
 struct Collector {
     decoder: SourceBlockDecoder,
-    k: u32,
     seen: HashSet<u32>,
     /// Symbols not yet given to the decoder: decoding is tried only when
     /// enough have come, since a failed attempt costs a whole solve.
@@ -427,28 +422,22 @@ struct Collector {
     try_at: u32,
 }
 
-/// The receiver thread's state (named apart from crossbeam's Receiver).
-struct Receiver_ {
+/// The receiver thread: datagrams in, decoded chunks out.
+struct ReceiveLoop {
     socket: UdpSocket,
-    key: Key,
-    session: u64,
-    head: ImageHead,
-    shared: Arc<Shared>,
-    collectors: HashMap<usize, Collector>,
-    /// Bytes of symbols held in `collectors`.
-    collected: usize,
+    assembler: Assembler,
     decoded: Sender<(usize, Vec<u8>)>,
     refused: Receiver<usize>,
-    first_seq: Option<u64>,
 }
 
-impl Receiver_ {
+impl ReceiveLoop {
     fn run(mut self) {
+        let shared = self.assembler.shared.clone();
         let mut buf = vec![0u8; wire::MAX_DATAGRAM + 1];
         let mut cmsg = nix::cmsg_space!(u32);
-        while !self.shared.stop.load(Ordering::Relaxed) {
+        while !shared.stop.load(Ordering::Relaxed) {
             while let Ok(i) = self.refused.try_recv() {
-                self.shared.held[i].store(false, Ordering::Relaxed);
+                self.assembler.forget(i);
             }
             let mut iov = [IoSliceMut::new(&mut buf)];
             let msg = match nix::sys::socket::recvmsg::<()>(
@@ -468,25 +457,58 @@ impl Receiver_ {
             if let Ok(cmsgs) = msg.cmsgs() {
                 for c in cmsgs {
                     if let nix::sys::socket::ControlMessageOwned::RxqOvfl(n) = c {
-                        self.shared
+                        shared
                             .stats
                             .overflows
                             .store(u64::from(n), Ordering::Relaxed);
                     }
                 }
             }
-            if self.accept(&buf[..len]).is_err() {
-                return;
+            if let Some(chunk) = self.assembler.take(&buf[..len]) {
+                if self.decoded.send(chunk).is_err() {
+                    return;
+                }
             }
         }
     }
+}
 
-    /// Takes one datagram; Err only when the restore side has gone.
-    fn accept(&mut self, datagram: &[u8]) -> Result<(), ()> {
-        let Ok((h, symbol)) = wire::parse_symbol(&self.key, self.session, SYMBOL_SIZE, datagram)
-        else {
-            return Ok(());
-        };
+/// Turns datagrams into decoded chunk payloads: checks each datagram,
+/// collects symbols per chunk and decodes a chunk once it has enough.
+/// No sockets here, so tests feed it datagrams directly.
+struct Assembler {
+    key: Key,
+    session: u64,
+    head: ImageHead,
+    shared: Arc<Shared>,
+    collectors: HashMap<usize, Collector>,
+    /// Bytes reserved by `collectors` (one padded payload each).
+    collected: usize,
+    first_seq: Option<u64>,
+}
+
+impl Assembler {
+    fn new(key: Key, session: u64, head: ImageHead, shared: Arc<Shared>) -> Assembler {
+        Assembler {
+            key,
+            session,
+            head,
+            shared,
+            collectors: HashMap::new(),
+            collected: 0,
+            first_seq: None,
+        }
+    }
+
+    /// Chunk `i` failed its digest check after decoding: collect it again.
+    fn forget(&mut self, i: usize) {
+        self.shared.held[i].store(false, Ordering::Relaxed);
+    }
+
+    /// Takes one datagram; returns a chunk's payload when it completes one.
+    fn take(&mut self, datagram: &[u8]) -> Option<(usize, Vec<u8>)> {
+        let (h, symbol) =
+            wire::parse_symbol(&self.key, self.session, SYMBOL_SIZE, datagram).ok()?;
         let stats = &self.shared.stats;
         let first = *self.first_seq.get_or_insert(h.seq);
         stats.received.fetch_add(1, Ordering::Relaxed);
@@ -498,59 +520,48 @@ impl Receiver_ {
             Ordering::Relaxed,
         );
         let i = h.chunk as usize;
-        let Some(e) = self.head.manifest.extents.get(i) else {
-            return Ok(());
-        };
+        let e = self.head.manifest.extents.get(i)?;
         if self.shared.held[i].load(Ordering::Relaxed) {
-            return Ok(());
+            return None;
         }
-        let k = fec::source_symbols(u64::from(e.payload_len));
+        let padded = fec::padded_len(u64::from(e.payload_len));
         if !self.collectors.contains_key(&i) {
-            if self.collected + fec::padded_len(u64::from(e.payload_len)) > COLLECT_LIMIT {
-                return Ok(());
+            // Full: this chunk's symbols come again in a later pass.
+            if self.collected + padded > COLLECT_LIMIT {
+                return None;
             }
-            let config = fec::block_config(k);
-            self.collectors.insert(
-                i,
-                Collector {
-                    decoder: SourceBlockDecoder::new(
-                        0,
-                        &config,
-                        fec::padded_len(u64::from(e.payload_len)) as u64,
-                    ),
-                    k,
-                    seen: HashSet::new(),
-                    pending: Vec::new(),
-                    try_at: k,
-                },
-            );
+            self.collected += padded;
+            let k = fec::source_symbols(u64::from(e.payload_len));
+            let collector = Collector {
+                decoder: SourceBlockDecoder::new(0, &fec::block_config(k), padded as u64),
+                seen: HashSet::new(),
+                pending: Vec::new(),
+                try_at: k,
+            };
+            self.collectors.insert(i, collector);
         }
         let c = self.collectors.get_mut(&i).expect("inserted above");
         if !c.seen.insert(h.esi) {
-            return Ok(());
+            return None;
         }
-        self.collected += symbol.len();
         c.pending.push(EncodingPacket::new(
             PayloadId::new(0, h.esi),
             symbol.to_vec(),
         ));
         let have = c.seen.len() as u32;
         if have < c.try_at {
-            return Ok(());
+            return None;
         }
         let Some(mut data) = c.decoder.decode(c.pending.drain(..)) else {
             // Rank-deficient: a couple more symbols almost always do it.
             c.try_at = have + 2;
-            return Ok(());
+            return None;
         };
-        let k = c.k;
         self.collectors.remove(&i);
-        self.collected = self
-            .collected
-            .saturating_sub(k as usize * SYMBOL_SIZE as usize);
+        self.collected -= padded;
         data.truncate(e.payload_len as usize);
         self.shared.held[i].store(true, Ordering::Relaxed);
-        self.decoded.send((i, data)).map_err(|_| ())
+        Some((i, data))
     }
 }
 
@@ -575,12 +586,12 @@ fn report_loop(shared: &Shared) {
 /// Notices the server going away (or ending the session with an error),
 /// so a timeout can say why the data stopped.
 fn watch_control(shared: &Shared) {
-    let Ok(mut conn) = shared
-        .control
-        .lock()
+    // A clone, so the lock is not held while waiting for the server.
+    let cloned = (shared.control.lock())
         .unwrap_or_else(|e| e.into_inner())
-        .try_clone()
-    else {
+        .as_ref()
+        .map(TcpStream::try_clone);
+    let Some(Ok(mut conn)) = cloned else {
         return;
     };
     let _ = conn.set_read_timeout(None);
@@ -618,6 +629,141 @@ mod tests {
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
+    }
+
+    use crate::image::format::{Content, Digest, Extent, FsKind, Manifest, TableKind};
+    use raptorq::SourceBlockEncoder;
+
+    const KEY: Key = [3u8; 32];
+    const SESSION: u64 = 99;
+
+    /// A head for stored payloads of these lengths, and the payloads.
+    fn image(lens: &[u32]) -> (ImageHead, Vec<Vec<u8>>) {
+        let payloads: Vec<Vec<u8>> = lens
+            .iter()
+            .enumerate()
+            .map(|(c, &n)| (0..n).map(|i| (i as usize * 7 + c * 13) as u8).collect())
+            .collect();
+        let mut offset = 0;
+        let extents = payloads
+            .iter()
+            .map(|p| {
+                let e = Extent {
+                    target_offset: offset,
+                    length: p.len() as u32,
+                    payload_offset: offset,
+                    payload_len: p.len() as u32,
+                    codec: Codec::Stored,
+                    digest: *blake3::hash(p).as_bytes() as Digest,
+                };
+                offset += p.len() as u64;
+                e
+            })
+            .collect();
+        let mut manifest = Manifest {
+            logical_size: offset,
+            sector_size: 512,
+            chunk_size: *lens.iter().max().unwrap(),
+            content: Content::Partition,
+            table: TableKind::None,
+            fs: FsKind::Unknown,
+            created: 0,
+            name: "t".into(),
+            payload_area: 0,
+            extents,
+        };
+        manifest.payload_area = format::encode_head(&manifest).len() as u64;
+        let bytes = format::encode_head(&manifest);
+        (parse_head("t", bytes).unwrap(), payloads)
+    }
+
+    fn assembler(head: ImageHead) -> Assembler {
+        let n = head.manifest.extents.len();
+        let shared = Arc::new(Shared {
+            held: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            stats: Stats::default(),
+            epoch: Instant::now(),
+            stop: AtomicBool::new(false),
+            control_lost: Mutex::new(None),
+            control: Mutex::new(None),
+        });
+        Assembler::new(KEY, SESSION, head, shared)
+    }
+
+    /// The datagrams of one transmission: source symbols, then `repairs`.
+    fn datagrams(chunk: u32, payload: &[u8], repairs: u32, seq: &mut u64) -> Vec<Vec<u8>> {
+        let mut padded = payload.to_vec();
+        padded.resize(fec::padded_len(payload.len() as u64), 0);
+        let k = fec::source_symbols(payload.len() as u64);
+        let enc = SourceBlockEncoder::new(0, &fec::block_config(k), &padded);
+        let mut packets = enc.source_packets();
+        packets.extend(enc.repair_packets(0, repairs));
+        packets
+            .iter()
+            .map(|p| {
+                let h = wire::SymbolHeader {
+                    session: SESSION,
+                    seq: *seq,
+                    chunk,
+                    esi: p.payload_id().encoding_symbol_id(),
+                    pass: 1,
+                };
+                *seq += 1;
+                let mut d = Vec::new();
+                wire::encode_symbol(&KEY, &h, p.data(), &mut d);
+                d
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_decode_through_loss_duplicates_and_forgeries() {
+        let (head, payloads) = image(&[100_000, 1, 5000]);
+        let mut a = assembler(head);
+        let mut seq = 0;
+        let mut got = Vec::new();
+        for (c, p) in payloads.iter().enumerate() {
+            let k = fec::source_symbols(p.len() as u64);
+            let all = datagrams(c as u32, p, fec::symbols_to_send(k, 0.2) - k, &mut seq);
+            for (n, d) in all.iter().enumerate() {
+                // 20 % loss, every datagram twice, and a forged twin.
+                if n % 5 == 1 {
+                    continue;
+                }
+                let mut forged = d.clone();
+                forged[100] ^= 1;
+                for datagram in [&forged, d, d] {
+                    got.extend(a.take(datagram));
+                }
+            }
+        }
+        got.sort();
+        let want: Vec<(usize, Vec<u8>)> = payloads.into_iter().enumerate().collect();
+        assert_eq!(got, want);
+        let stats = &a.shared.stats;
+        assert_eq!(a.shared.missing(), []);
+        assert!(
+            stats.received.load(Ordering::Relaxed) < stats.expected.load(Ordering::Relaxed) * 2
+        );
+        assert_eq!(a.collected, 0);
+    }
+
+    #[test]
+    fn a_chunk_refused_after_decoding_is_collected_again() {
+        let (head, payloads) = image(&[3000]);
+        let mut a = assembler(head);
+        let mut seq = 0;
+        let first = datagrams(0, &payloads[0], 0, &mut seq);
+        let done: Vec<_> = first.iter().filter_map(|d| a.take(d)).collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(a.shared.missing(), []);
+        // Held chunks ignore further symbols until the digest check says no.
+        let again = datagrams(0, &payloads[0], 3, &mut seq);
+        assert!(again.iter().all(|d| a.take(d).is_none()));
+        a.forget(0);
+        assert_eq!(a.shared.missing(), [(0, 1)]);
+        let again = datagrams(0, &payloads[0], 0, &mut seq);
+        assert_eq!(again.iter().filter_map(|d| a.take(d)).count(), 1);
     }
 
     #[test]
