@@ -1,0 +1,1 @@
+//! The text menu (being written).

@@ -1,0 +1,1 @@
+//! `reimage.*` kernel command-line parameters (being written).

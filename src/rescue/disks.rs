@@ -1,0 +1,1 @@
+//! Disks from sysfs, and the `auto` target choice (being written).

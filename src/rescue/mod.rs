@@ -1,0 +1,6 @@
+//! The rescue system: reimage as PID 1 of a RAM-only initramfs, with
+//! unattended imaging from the kernel command line (DESIGN §5).
+
+pub mod cmdline;
+pub mod disks;
+pub mod modules;

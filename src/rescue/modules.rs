@@ -1,0 +1,1 @@
+//! Kernel modules the hardware asks for (being written).
