@@ -307,9 +307,9 @@ impl Target {
     /// are aligned, else through the buffered descriptor.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         let sector = u64::from(self.sector_size);
-        let aligned = offset % sector == 0
-            && buf.len() as u64 % sector == 0
-            && buf.as_ptr() as usize % IO_ALIGN == 0;
+        let aligned = offset.is_multiple_of(sector)
+            && (buf.len() as u64).is_multiple_of(sector)
+            && (buf.as_ptr() as usize).is_multiple_of(IO_ALIGN);
         let file = if self.direct && !aligned {
             self.buffered()?
         } else {
@@ -346,8 +346,8 @@ impl Target {
             return self.write_at(&zeros[..tail as usize], offset + len - tail);
         }
         let sector = u64::from(self.sector_size);
-        if offset % sector == 0
-            && len % sector == 0
+        if offset.is_multiple_of(sector)
+            && len.is_multiple_of(sector)
             && blockdev::zero_out(&self.file, offset, len).is_ok()
         {
             return Ok(());

@@ -540,7 +540,7 @@ impl Geometry {
 
 /// Whether `n` is a power of `base` (n >= 1).
 fn is_power_of(mut n: u64, base: u64) -> bool {
-    while n > 1 && n % base == 0 {
+    while n > 1 && n.is_multiple_of(base) {
         n /= base;
     }
     n == 1
@@ -578,10 +578,10 @@ fn for_each_set_run(bitmap: &[u8], nbits: u64, mut emit: impl FnMut(u64, u64)) {
             let rest = word >> pos;
             if run_start.is_some() {
                 pos += rest.trailing_ones();
-                if pos < 64 {
-                    if let Some(s) = run_start.take() {
-                        emit(s, base + u64::from(pos));
-                    }
+                if pos < 64
+                    && let Some(s) = run_start.take()
+                {
+                    emit(s, base + u64::from(pos));
                 }
             } else {
                 if rest == 0 {

@@ -67,7 +67,11 @@ impl Kind {
         match self {
             Kind::Fat12 => {
                 let v = le16(fat, i + i / 2);
-                u32::from(if i % 2 == 0 { v & 0xFFF } else { v >> 4 })
+                u32::from(if i.is_multiple_of(2) {
+                    v & 0xFFF
+                } else {
+                    v >> 4
+                })
             }
             Kind::Fat16 => u32::from(le16(fat, i * 2)),
             // The top 4 bits of a FAT32 entry are reserved.

@@ -83,7 +83,7 @@ pub fn create(
     progress: &dyn ProgressSink,
 ) -> Result<CreateReport> {
     if opts.chunk_size == 0
-        || opts.chunk_size % BLOCK as u32 != 0
+        || !opts.chunk_size.is_multiple_of(BLOCK as u32)
         || opts.chunk_size > super::format::MAX_CHUNK_LEN
     {
         bail!("chunk size must be a multiple of 4 KiB up to 16 MiB");

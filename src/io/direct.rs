@@ -69,7 +69,7 @@ impl DirectReader {
             }
             self.filled += n;
             // A short O_DIRECT read that is not sector-aligned means end of file.
-            if self.direct && self.filled % 512 != 0 {
+            if self.direct && !self.filled.is_multiple_of(512) {
                 break;
             }
         }

@@ -464,10 +464,10 @@ impl ReceiveLoop {
                     }
                 }
             }
-            if let Some(chunk) = self.assembler.take(&buf[..len]) {
-                if self.decoded.send(chunk).is_err() {
-                    return;
-                }
+            if let Some(chunk) = self.assembler.take(&buf[..len])
+                && self.decoded.send(chunk).is_err()
+            {
+                return;
             }
         }
     }

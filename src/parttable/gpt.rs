@@ -128,7 +128,9 @@ impl Header {
                 self.my_lba
             ));
         }
-        if !(ENTRY_LEN..=MAX_ENTRY_LEN).contains(&self.entry_len) || self.entry_len % 8 != 0 {
+        if !(ENTRY_LEN..=MAX_ENTRY_LEN).contains(&self.entry_len)
+            || !self.entry_len.is_multiple_of(8)
+        {
             return Err(format!(
                 "partition entry size {} is not a multiple of 8 in {ENTRY_LEN}..={MAX_ENTRY_LEN}",
                 self.entry_len
@@ -588,7 +590,7 @@ impl Gpt {
         let s = disk.sector;
         let h = &self.copy.header;
         ensure!(
-            new_len > 0 && new_len % s == 0,
+            new_len > 0 && new_len.is_multiple_of(s),
             "cannot resize partition {number} to {new_len} bytes: not a positive multiple of the \
              {s}-byte sector size"
         );
