@@ -218,6 +218,9 @@ pub struct Mount {
     pub dev: String,
     pub point: String,
     pub read_only: bool,
+    /// What was mounted (`/dev/sda1`, `proc`, `tmpfs`), from after the
+    /// ` - ` separator.
+    pub source: String,
 }
 
 /// Everything mounted in this mount namespace.
@@ -228,14 +231,17 @@ pub fn mounts() -> Result<Vec<Mount>> {
 }
 
 /// Field 3 is the st_dev "major:minor", field 5 the mount point and field
-/// 6 the per-mount options (proc(5)).
+/// 6 the per-mount options; after the optional fields and a lone `-` come
+/// the filesystem type and the source (proc(5)).
 fn parse_mountinfo_line(line: &str) -> Option<Mount> {
     let fields: Vec<&str> = line.split(' ').collect();
     let (dev, point, opts) = (fields.get(2)?, fields.get(4)?, fields.get(5)?);
+    let sep = fields.iter().skip(6).position(|f| *f == "-")? + 6;
     Some(Mount {
         dev: (*dev).to_owned(),
         point: unescape_mount(point),
         read_only: opts.split(',').any(|o| o == "ro"),
+        source: unescape_mount(fields.get(sep + 2)?),
     })
 }
 
@@ -272,8 +278,12 @@ mod tests {
             (m.dev.as_str(), m.point.as_str(), m.read_only),
             ("7:1", "/mnt/my disk", true)
         );
+        assert_eq!(m.source, "/dev/loop1");
         let m = super::parse_mountinfo_line("1 0 8:2 / / rw,noatime - ext4 /dev/sda2 rw").unwrap();
         assert!(!m.read_only);
+        assert_eq!(m.source, "/dev/sda2");
+        // No separator: not a mountinfo line.
+        assert!(super::parse_mountinfo_line("1 0 8:2 / / rw ext4 /dev/sda2 rw").is_none());
         assert!(super::parse_mountinfo_line("garbage").is_none());
     }
 

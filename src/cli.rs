@@ -36,8 +36,56 @@ pub enum Command {
     Server(ServerArgs),
     /// List the multicast streams advertised on the network (DNS-SD)
     Browse(BrowseArgs),
+    /// Be the rescue system's init (PID 1): drivers, network, menu or unattended restore
+    Rescue(RescueArgs),
+    /// Show the menu: choose an image and a disk, restore, then reboot
+    Menu(MenuArgs),
     /// Print the version
     Version,
+}
+
+/// `reimage menu`. Its exit status says what the user chose: 0 the shell,
+/// 10 reboot, 11 power off (1 is a failure, as everywhere).
+#[derive(Debug, Args)]
+pub struct MenuArgs {
+    /// List the images of this catalog (an images.json URL, or a server's
+    /// URL ending in /); may be repeated
+    #[arg(long = "catalog", value_name = "URL")]
+    pub catalogs: Vec<String>,
+    /// Also list the images in this directory; may be repeated
+    #[arg(long = "images", value_name = "DIR")]
+    pub image_dirs: Vec<PathBuf>,
+    /// Do not look for multicast streams
+    #[arg(long)]
+    pub no_browse: bool,
+    /// Seconds to listen for multicast streams
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    pub browse_wait: f64,
+    /// Restore only images signed by this minisign public key (the key or
+    /// a key file)
+    #[arg(long, value_name = "KEY")]
+    pub pubkey: Option<String>,
+    /// Also trust the CA certificates in this PEM file (https sources)
+    #[arg(long, value_name = "PEM")]
+    pub cacert: Option<PathBuf>,
+    /// The sysfs root to list disks from (tests give a fake one)
+    #[arg(long, value_name = "DIR", default_value = "/sys", hide = true)]
+    pub sys: PathBuf,
+    /// The disk the system booted from, never offered as a target
+    #[arg(long, value_name = "DISK", hide = true)]
+    pub boot_disk: Option<String>,
+    /// Run as the rescue system's menu: mount the boot stick's filesystems
+    /// to look for images on them
+    #[arg(long, hide = true)]
+    pub rescue: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RescueArgs {
+    /// Use this line instead of /proc/cmdline, and this terminal instead
+    /// of the consoles (to try the rescue system in a PID namespace)
+    #[arg(long, value_name = "LINE")]
+    pub cmdline: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,15 @@ use reimage::progress::{HumanProgress, MachineProgress, ProgressSink};
 use reimage::restore::{self, RestoreOptions};
 
 fn main() -> ExitCode {
+    // As the initramfs's /init the kernel passes whatever it did not
+    // understand on its command line as arguments: they are not ours.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::process::id() == 1 && std::path::Path::new(&argv0).file_name() == Some("init".as_ref())
+    {
+        let failed = reimage::rescue::init::run(Default::default());
+        eprintln!("reimage: {:#}", failed.unwrap_err());
+        return ExitCode::FAILURE;
+    }
     let cli = match Cli::try_parse_from(normalize_args(std::env::args_os())) {
         Ok(cli) => cli,
         // --help and --version are not errors.
@@ -36,8 +45,21 @@ fn main() -> ExitCode {
         | Command::Serve(_)
         | Command::Server(_)
         | Command::Browse(_)
+        | Command::Rescue(_)
+        | Command::Menu(_)
         | Command::Version => false,
     };
+    // The menu ends with a choice, not just success or failure: its exit
+    // status tells the rescue system's PID 1 what to do next.
+    if let Command::Menu(a) = cli.command {
+        return match menu_cmd(a) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("reimage: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -141,11 +163,56 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("--wait {}: not a number of seconds", a.wait))?;
             reimage::mcast::dnssd::browse_cmd(wait, a.json, &mut std::io::stdout().lock())
         }
+        Command::Rescue(a) => {
+            reimage::rescue::init::run(reimage::rescue::init::Options { cmdline: a.cmdline })?;
+            Ok(())
+        }
+        Command::Menu(_) => unreachable!("main runs the menu itself, for its exit status"),
         Command::Version => {
             println!("reimage {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
     }
+}
+
+/// `reimage menu`: returns the exit status that tells what was chosen.
+fn menu_cmd(a: reimage::cli::MenuArgs) -> anyhow::Result<u8> {
+    let browse = if a.no_browse {
+        None
+    } else {
+        Some(
+            std::time::Duration::try_from_secs_f64(a.browse_wait).map_err(|_| {
+                anyhow::anyhow!("--browse-wait {}: not a number of seconds", a.browse_wait)
+            })?,
+        )
+    };
+    let opts = reimage::menu::MenuOptions {
+        catalogs: a.catalogs,
+        image_dirs: a.image_dirs,
+        browse,
+        pubkey: a
+            .pubkey
+            .as_deref()
+            .map(reimage::signature::parse_pubkey)
+            .transpose()?,
+        http: reimage::source::HttpOptions {
+            cacert: a.cacert,
+            ..Default::default()
+        },
+        boot_disk: a.boot_disk,
+        sys: a.sys,
+        rescue: a.rescue,
+    };
+    let exit = reimage::menu::run(opts)?;
+    println!(
+        "reimage: {} chosen",
+        match exit {
+            reimage::menu::Exit::Shell => "shell",
+            reimage::menu::Exit::Reboot => "reboot",
+            reimage::menu::Exit::PowerOff => "power off",
+        }
+    );
+    Ok(exit.code())
 }
 
 fn restore_cmd(a: reimage::cli::RestoreArgs, exact: bool) -> anyhow::Result<()> {
@@ -162,6 +229,7 @@ fn restore_cmd(a: reimage::cli::RestoreArgs, exact: bool) -> anyhow::Result<()> 
         workers: 0,
         timeout: (a.timeout > 0).then(|| std::time::Duration::from_secs(a.timeout)),
         name_in_dir: a.file.is_some(),
+        stop: Default::default(),
         pubkey: a
             .pubkey
             .as_deref()

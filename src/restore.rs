@@ -54,6 +54,8 @@ pub struct RestoreOptions {
     /// A target that is a directory means a file in it named after the
     /// image (`--file DIR`).
     pub name_in_dir: bool,
+    /// Stops this restore (the target is erased, as on any failure).
+    pub stop: crate::signals::Stop,
 }
 
 impl Default for RestoreOptions {
@@ -72,6 +74,7 @@ impl Default for RestoreOptions {
             pubkey: None,
             timeout: None,
             name_in_dir: false,
+            stop: Default::default(),
         }
     }
 }
@@ -304,7 +307,7 @@ fn write_and_verify(
     target.sync()?;
     let verified = match verifier {
         Some(v) => {
-            v.finish(progress)?;
+            v.finish(progress, &opts.stop)?;
             true
         }
         None => false,
@@ -437,12 +440,12 @@ fn copy(
                 let r = match ready_rx.recv_timeout(Duration::from_millis(200)) {
                     Ok(r) => r,
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                        crate::signals::check()?;
+                        opts.stop.check()?;
                         continue;
                     }
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
                 };
-                crate::signals::check()?;
+                opts.stop.check()?;
                 if let Some(v) = verifier {
                     v.check()?;
                 }
@@ -696,7 +699,7 @@ impl Verifier {
     }
 
     /// Waits for the verifiers, showing the `Verifying` phase.
-    fn finish(mut self, progress: &dyn ProgressSink) -> Result<()> {
+    fn finish(mut self, progress: &dyn ProgressSink, stop: &crate::signals::Stop) -> Result<()> {
         drop(self.tx.take());
         let total = self.total.load(Ordering::Relaxed);
         progress.start(Phase::Verify, total);
@@ -704,7 +707,7 @@ impl Verifier {
         while pending > 0 {
             match self.done_rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(()) => pending -= 1,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => crate::signals::check()?,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => stop.check()?,
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
             self.check()?;
@@ -793,7 +796,7 @@ mod tests {
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let (target, digests) = target_with_pattern(dir.path());
         let v = verify_mibs(&target, &digests);
-        v.finish(&Quiet).unwrap();
+        v.finish(&Quiet, &Default::default()).unwrap();
     }
 
     #[test]
@@ -802,7 +805,10 @@ mod tests {
         let (target, mut digests) = target_with_pattern(dir.path());
         digests[1][0] ^= 1;
         let v = verify_mibs(&target, &digests);
-        let err = v.finish(&Quiet).unwrap_err().to_string();
+        let err = v
+            .finish(&Quiet, &Default::default())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("verification failed") && err.contains("offset 1048576"),
             "{err}"

@@ -2,6 +2,7 @@
 //! disk, the pipeline stops at the next piece, erases the target to a
 //! valid empty state and exits 1.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
@@ -33,4 +34,42 @@ pub fn check() -> anyhow::Result<()> {
         anyhow::bail!("interrupted by a signal");
     }
     Ok(())
+}
+
+/// One restore's own stop, for a caller that runs several restores in one
+/// process (the menu's "stop the restore?"): unlike a signal it ends only
+/// the restore it was given to, and the next restore gets a fresh one.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    pub fn request(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Fails once a signal arrived or this stop was requested.
+    pub fn check(&self) -> anyhow::Result<()> {
+        check()?;
+        if self.0.load(Ordering::Relaxed) {
+            anyhow::bail!("stopped by the user");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stop;
+
+    #[test]
+    fn a_stop_ends_its_restore_only() {
+        let first = Stop::default();
+        let seen_by_restore = first.clone();
+        assert!(seen_by_restore.check().is_ok());
+        first.request();
+        let e = seen_by_restore.check().unwrap_err();
+        assert_eq!(e.to_string(), "stopped by the user");
+        // The next restore starts with a fresh stop.
+        assert!(Stop::default().check().is_ok());
+    }
 }

@@ -2,5 +2,9 @@
 //! unattended imaging from the kernel command line (DESIGN §5).
 
 pub mod cmdline;
+pub mod console;
 pub mod disks;
+pub mod init;
 pub mod modules;
+pub mod net;
+pub mod system;

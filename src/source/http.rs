@@ -144,10 +144,9 @@ fn find_cause<'a, T: std::error::Error + 'static>(
         if let Some(inner) = c
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
+            && let Some(found) = find_cause::<T>(inner)
         {
-            if let Some(found) = find_cause::<T>(inner) {
-                return Some(found);
-            }
+            return Some(found);
         }
         cause = c.source();
     }
@@ -347,11 +346,10 @@ pub fn open(url: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
     )
 }
 
-/// Largest small file (a signature) fetched whole, in bytes.
-const SMALL_FILE_LIMIT: u64 = 64 << 10;
-
-/// Fetches a small text file such as a signature; None on 404.
-pub fn fetch_small(url: &str, opts: &HttpOptions) -> Result<Option<String>> {
+/// Fetches a small text file (a signature, a catalog, a CA bundle) of at
+/// most `limit` bytes; None on 404. A larger file is an error rather than
+/// silently cut short.
+pub fn fetch_small(url: &str, opts: &HttpOptions, limit: u64) -> Result<Option<String>> {
     let client = client(opts)?;
     let resp = with_retries(opts, || {
         let r = client.get(url).send().map_err(|e| classify(url, e))?;
@@ -362,9 +360,12 @@ pub fn fetch_small(url: &str, opts: &HttpOptions) -> Result<Option<String>> {
     })?;
     let Some(resp) = resp else { return Ok(None) };
     let mut text = String::new();
-    resp.take(SMALL_FILE_LIMIT)
+    resp.take(limit.saturating_add(1))
         .read_to_string(&mut text)
         .with_context(|| format!("fetching {url}"))?;
+    if text.len() as u64 > limit {
+        bail!("{url} is larger than {}", crate::util::human_size(limit));
+    }
     Ok(Some(text))
 }
 
@@ -448,16 +449,16 @@ impl Read for HttpStream {
         }
         let mut attempt = 0;
         loop {
-            if self.resp.is_none() {
-                if let Err(e) = self.reopen() {
-                    match e {
-                        FetchError::Retryable(_) if attempt < self.opts.retries => {}
-                        e => return Err(std::io::Error::other(e)),
-                    }
-                    std::thread::sleep(self.opts.delay(attempt));
-                    attempt += 1;
-                    continue;
+            if self.resp.is_none()
+                && let Err(e) = self.reopen()
+            {
+                match e {
+                    FetchError::Retryable(_) if attempt < self.opts.retries => {}
+                    e => return Err(std::io::Error::other(e)),
                 }
+                std::thread::sleep(self.opts.delay(attempt));
+                attempt += 1;
+                continue;
             }
             let resp = self.resp.as_mut().expect("opened above");
             let err = match resp.read(buf) {

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use crate::image::format::{self, Codec, Content, Digest, ImageHead, Manifest};
 use crate::io::{AlignedBuf, DirectReader, open_read_direct};
 
-pub use http::HttpOptions;
+pub use http::{HttpOptions, fetch_small};
 pub use prepared::PreparedSource;
 pub(crate) use prepared::prepared_info;
 pub use raw::{Compression, RawSource, RawSpec};
@@ -167,7 +167,8 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
 pub fn fetch_signature(spec: &str, opts: &SourceOptions) -> Result<Option<String>> {
     let name = format!("{spec}.minisig");
     if spec.starts_with("http://") || spec.starts_with("https://") {
-        return http::fetch_small(&name, &opts.http);
+        // A minisign signature is a few hundred bytes.
+        return http::fetch_small(&name, &opts.http, 64 << 10);
     }
     match std::fs::read_to_string(&name) {
         Ok(text) => Ok(Some(text)),

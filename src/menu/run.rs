@@ -1,0 +1,986 @@
+//! The menu's event loop and the workers behind its actions (STYLE §12):
+//! an input thread and every worker feed one channel of [`Event`]s; the
+//! loop hands each to [`App::update`], performs the [`Action`]s that come
+//! back and redraws with `render`, which only reads the state.
+
+use std::any::Any;
+use std::collections::HashSet;
+use std::io::{IsTerminal, Read, Stdout};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use crossterm::event::{self as term_event, Event as TermEvent};
+use crossterm::{cursor, execute, terminal};
+use nix::mount::MsFlags;
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+use serde::Deserialize;
+
+use super::app::{
+    Action, App, Event, Exit, ImageEntry, ImageKind, PartEntry, ProgressEvent, Summary, TargetEntry,
+};
+use crate::blockdev::Mount;
+use crate::progress::{Phase, ProgressSink};
+use crate::rescue::disks::{self, Disk, Transport};
+use crate::restore::{self, RestoreOptions};
+use crate::source::HttpOptions;
+
+impl Exit {
+    /// The exit status `reimage menu` ends with, which the rescue system's
+    /// PID 1 acts on (rescue/init.rs): the shell is 0 (as quitting is), and
+    /// the others stay clear of 1, every command's failure.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Shell => 0,
+            Exit::Reboot => 10,
+            Exit::PowerOff => 11,
+        }
+    }
+}
+
+/// Where the menu looks for images, and how it restores them.
+#[derive(Debug, Clone)]
+pub struct MenuOptions {
+    /// Catalog URLs: an `images.json`, or a server's base URL ending in `/`.
+    pub catalogs: Vec<String>,
+    /// Directories searched for images, besides the filesystems of
+    /// removable and USB disks.
+    pub image_dirs: Vec<PathBuf>,
+    /// How long to listen for multicast streams (DNS-SD); None: don't.
+    pub browse: Option<Duration>,
+    /// Restore only images signed by this key.
+    pub pubkey: Option<minisign_verify::PublicKey>,
+    pub http: HttpOptions,
+    /// The disk the system booted from (kernel name or /dev path): never
+    /// offered. The disk carrying the rescue stick's labels
+    /// ([`disks::boot_disk`]) never is either.
+    pub boot_disk: Option<String>,
+    /// The sysfs root disks are listed from (`/sys`; tests build a fake).
+    pub sys: PathBuf,
+    /// Running as the rescue system: the boot stick's filesystems that are
+    /// not mounted get mounted read-only under [`MEDIA_DIR`] to be searched.
+    pub rescue: bool,
+}
+
+/// Where rescue mode mounts the boot stick's filesystems, one directory
+/// per partition name.
+pub const MEDIA_DIR: &str = "/run/reimage/media";
+
+/// How often the input thread sends [`Event::Tick`].
+const TICK: Duration = Duration::from_secs(1);
+
+/// Events applied at most before the screen is drawn again, so a burst
+/// (a pasted name, a fast restore's progress) costs one redraw, and a
+/// flood still lets the screen move.
+const BATCH: usize = 256;
+
+/// Shows the menu on the terminal until the user picks a way out.
+pub fn run(opts: MenuOptions) -> Result<Exit> {
+    if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+        bail!("the menu needs a terminal: stdin or stdout is not one");
+    }
+    // From here on SIGINT and SIGTERM set the restore pipeline's stop flag
+    // instead of killing the process: a kill must not leave the console in
+    // raw mode, and cancelling a restore raises SIGINT (Workers::cancel).
+    crate::signals::catch_interrupts();
+    let mut screen = Screen::enter()?;
+    event_loop(&mut screen.terminal, opts)
+}
+
+fn event_loop(terminal: &mut Term, opts: MenuOptions) -> Result<Exit> {
+    let (tx, rx) = mpsc::channel();
+    let input = {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("menu input".into())
+            .spawn(move || read_input(&tx))
+            .context("starting the input thread")?
+    };
+    let mut workers = Workers {
+        opts: Arc::new(opts),
+        tx,
+        scan: Arc::new(AtomicU64::new(0)),
+        restoring: false,
+        stop: Default::default(),
+    };
+    let mut app = App::new();
+    let (w, h) = terminal::size().context("reading the terminal size")?;
+    app.update(Event::Resize(w, h));
+    let mut actions = app.start();
+    loop {
+        for action in actions.drain(..) {
+            if let Some(exit) = workers.perform(action) {
+                return Ok(exit);
+            }
+        }
+        if input.is_finished() {
+            return Err(input_failure(input));
+        }
+        terminal
+            .draw(|frame| super::render::render(&app, frame))
+            .context("drawing the menu")?;
+        // Ticks arrive every second; waking without one only re-checks
+        // the input thread. (The channel cannot close: `workers` holds a
+        // sender.)
+        let Ok(first) = rx.recv_timeout(2 * TICK) else {
+            continue;
+        };
+        for ev in std::iter::once(first).chain(rx.try_iter().take(BATCH)) {
+            workers.observe(&ev)?;
+            actions.extend(app.update(ev));
+        }
+    }
+}
+
+/// Keys, resizes and a [`Event::Tick`] about once a second, until the
+/// menu is gone (its receiver dropped) or the terminal fails.
+fn read_input(tx: &Sender<Event>) -> std::io::Result<()> {
+    let mut next_tick = Instant::now() + TICK;
+    loop {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        let ev = if term_event::poll(wait)? {
+            match term_event::read()? {
+                TermEvent::Key(k) => Event::Key(k),
+                TermEvent::Resize(w, h) => Event::Resize(w, h),
+                _ => continue,
+            }
+        } else {
+            let now = Instant::now();
+            next_tick = now + TICK;
+            Event::Tick(now)
+        };
+        if tx.send(ev).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Why the input thread ended early.
+fn input_failure(input: JoinHandle<std::io::Result<()>>) -> anyhow::Error {
+    match input.join() {
+        Ok(Err(e)) => anyhow::Error::new(e).context("reading the terminal"),
+        Ok(Ok(())) => anyhow!("the terminal input ended"),
+        Err(panic) => anyhow!("the input thread panicked: {}", panic_text(&*panic)),
+    }
+}
+
+type Term = Terminal<CrosstermBackend<Stdout>>;
+
+/// The terminal in raw mode on the alternate screen. Dropping it gives the
+/// terminal back; so does the panic hook when the menu thread panics,
+/// before the message is printed.
+struct Screen {
+    terminal: Term,
+    hook: Arc<HookState>,
+}
+
+/// What the panic hook knows while the menu owns the terminal.
+struct HookState {
+    active: AtomicBool,
+    menu_thread: ThreadId,
+    /// Panics of other threads while the menu is up. Printed then, they
+    /// would scribble over the screen (and a worker shows its own in the
+    /// menu, see [`caught`]); they are printed once the terminal is back.
+    held: Mutex<Vec<String>>,
+}
+
+impl Screen {
+    fn enter() -> Result<Screen> {
+        let hook = Arc::new(HookState {
+            active: AtomicBool::new(false),
+            menu_thread: std::thread::current().id(),
+            held: Mutex::new(Vec::new()),
+        });
+        install_panic_hook(hook.clone());
+        let terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))
+            .context("opening the terminal")?;
+        // From here every way out, errors included, goes through Drop.
+        let mut screen = Screen { terminal, hook };
+        terminal::enable_raw_mode().context("switching the terminal to raw mode")?;
+        screen.hook.active.store(true, Ordering::SeqCst);
+        execute!(
+            screen.terminal.backend_mut(),
+            terminal::EnterAlternateScreen
+        )
+        .context("switching to the alternate screen")?;
+        screen.terminal.clear().context("clearing the terminal")?;
+        Ok(screen)
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        self.hook.active.store(false, Ordering::SeqCst);
+        give_terminal_back();
+        let held = std::mem::take(&mut *self.hook.held.lock().unwrap_or_else(|e| e.into_inner()));
+        for panic in held {
+            eprintln!("reimage: a thread {panic}");
+        }
+    }
+}
+
+/// Leaves raw mode and the alternate screen and shows the cursor. Best
+/// effort: nothing more can be done for a terminal that is gone.
+fn give_terminal_back() {
+    let _ = terminal::disable_raw_mode();
+    let _ = execute!(
+        std::io::stdout(),
+        terminal::LeaveAlternateScreen,
+        cursor::Show
+    );
+}
+
+/// Chains a hook in front of the current one; it only acts while the
+/// menu owns the terminal, so it is harmless once [`run`] has returned.
+fn install_panic_hook(state: Arc<HookState>) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if state.active.load(Ordering::SeqCst) {
+            if std::thread::current().id() != state.menu_thread {
+                let mut held = state.held.lock().unwrap_or_else(|e| e.into_inner());
+                held.push(info.to_string());
+                return;
+            }
+            state.active.store(false, Ordering::SeqCst);
+            give_terminal_back();
+        }
+        previous(info);
+    }));
+}
+
+/// Performs actions on threads of their own; their answers come back as
+/// events on the menu's channel.
+struct Workers {
+    opts: Arc<MenuOptions>,
+    tx: Sender<Event>,
+    /// Counts scans. A discovery reports only while its scan is the
+    /// latest, so a rescan's list never gets an earlier scan's late answer.
+    scan: Arc<AtomicU64>,
+    /// A restore thread runs: from StartRestore until its Finished passes.
+    restoring: bool,
+    /// The running restore's stop.
+    stop: crate::signals::Stop,
+}
+
+impl Workers {
+    /// Starts what `action` asks for, or says how the menu ends.
+    fn perform(&mut self, action: Action) -> Option<Exit> {
+        match action {
+            Action::Discover => self.discover(),
+            Action::ListTargets => self.list_targets(),
+            Action::StartRestore { image, target } => self.start_restore(image, target),
+            Action::CancelRestore => self.cancel(),
+            exit @ (Action::Reboot | Action::PowerOff | Action::Shell) => return exit.exit(),
+        }
+        None
+    }
+
+    /// Sees every event before the menu does: notes the end of a restore,
+    /// and ends the menu after a SIGINT/SIGTERM from outside once no
+    /// restore runs (a running one stops at the signal by itself, erases
+    /// its target and reports first).
+    fn observe(&mut self, ev: &Event) -> Result<()> {
+        if matches!(ev, Event::Finished(_)) {
+            self.restoring = false;
+        }
+        if !self.restoring {
+            crate::signals::check()?;
+        }
+        Ok(())
+    }
+
+    fn discover(&self) {
+        type Job = Box<dyn FnOnce() -> Result<Vec<ImageEntry>> + Send>;
+        let scan = self.scan.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut jobs: Vec<(String, Job)> = Vec::new();
+        for url in &self.opts.catalogs {
+            let (url, http) = (url.clone(), self.opts.http.clone());
+            jobs.push((
+                format!("catalog {url}"),
+                Box::new(move || catalog_images(&url, &http)),
+            ));
+        }
+        if let Some(wait) = self.opts.browse {
+            jobs.push(("multicast".into(), Box::new(move || multicast_images(wait))));
+        }
+        for dir in &self.opts.image_dirs {
+            let dir = dir.clone();
+            jobs.push((
+                format!("directory {}", dir.display()),
+                Box::new(move || dir_images(&dir)),
+            ));
+        }
+        let opts = self.opts.clone();
+        jobs.push((
+            ImageKind::Local.label().into(),
+            Box::new(move || usb_images(&opts)),
+        ));
+        let labels = jobs.iter().map(|(label, _)| label.clone()).collect();
+        // Sent before any worker starts, so it reaches the menu first.
+        let _ = self.tx.send(Event::Discovering(labels));
+        for (label, job) in jobs {
+            let (tx, latest) = (self.tx.clone(), self.scan.clone());
+            std::thread::spawn(move || {
+                let result = caught(job);
+                if latest.load(Ordering::SeqCst) == scan {
+                    let _ = tx.send(Event::Images {
+                        from: label,
+                        result,
+                    });
+                }
+            });
+        }
+    }
+
+    fn list_targets(&self) {
+        let (tx, opts) = (self.tx.clone(), self.opts.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(Event::Targets(caught(|| targets(&opts))));
+        });
+    }
+
+    fn start_restore(&mut self, image: ImageEntry, target: TargetEntry) {
+        self.restoring = true;
+        let opts = RestoreOptions {
+            // The user typed the disk's name to confirm the erase.
+            erase: true,
+            noprompt: true,
+            pubkey: self.opts.pubkey.clone(),
+            http: self.opts.http.clone(),
+            ..RestoreOptions::default()
+        };
+        self.stop = opts.stop.clone();
+        let tx = self.tx.clone();
+        std::thread::spawn(move || {
+            let progress = ChannelProgress::new(tx.clone());
+            let result =
+                caught(|| restore::restore(&image.location, &target.path, &opts, &progress));
+            let _ = tx.send(Event::Finished(result.map(|r| Summary::from(&r))));
+        });
+    }
+
+    /// Stops the running restore: it erases its target to a valid empty
+    /// state and fails, which comes back as `Finished`.
+    fn cancel(&mut self) {
+        self.stop.request();
+    }
+}
+
+/// Runs a worker's job; its error, or its panic (which would leave the
+/// menu waiting forever), becomes the one line the menu shows.
+fn caught<T>(job: impl FnOnce() -> Result<T>) -> Result<T, String> {
+    match std::panic::catch_unwind(AssertUnwindSafe(job)) {
+        Ok(result) => result.map_err(|e| format!("{e:#}").replace(['\n', '\r'], " ")),
+        Err(panic) => Err(format!("internal error: {}", panic_text(&*panic))),
+    }
+}
+
+fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// The progress sink of a menu restore: every call becomes an
+/// [`Event::Progress`] on the menu's channel, stamped with the time it
+/// happened (the menu's state never reads the clock).
+///
+/// There are no [`ProgressEvent::Multicast`] events yet: the multicast
+/// client keeps its loss counters to itself and gets no sink.
+pub struct ChannelProgress {
+    tx: Sender<Event>,
+    /// When the last update went out.
+    last_update: Mutex<Option<Instant>>,
+}
+
+/// The restore reports every piece (up to thousands a second); the screen
+/// needs a few updates a second, and the rate is averaged over seconds.
+const UPDATE_EVERY: Duration = Duration::from_millis(100);
+
+impl ChannelProgress {
+    pub fn new(tx: Sender<Event>) -> ChannelProgress {
+        ChannelProgress {
+            tx,
+            last_update: Mutex::new(None),
+        }
+    }
+
+    fn send(&self, ev: ProgressEvent) {
+        // Nobody listens once the menu has ended; the restore goes on.
+        let _ = self.tx.send(Event::Progress(ev));
+    }
+}
+
+impl ProgressSink for ChannelProgress {
+    fn start(&self, phase: Phase, total: u64) {
+        *self.last_update.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.send(ProgressEvent::Start {
+            phase,
+            total,
+            at: Instant::now(),
+        });
+    }
+
+    fn update(&self, phase: Phase, done: u64, total: u64) {
+        let at = Instant::now();
+        let mut last = self.last_update.lock().unwrap_or_else(|e| e.into_inner());
+        let complete = total > 0 && done >= total;
+        if complete || last.is_none_or(|t| at.duration_since(t) >= UPDATE_EVERY) {
+            *last = Some(at);
+            drop(last);
+            self.send(ProgressEvent::Update {
+                phase,
+                done,
+                total,
+                at,
+            });
+        }
+    }
+
+    fn finish(&self, phase: Phase) {
+        self.send(ProgressEvent::Finish {
+            phase,
+            at: Instant::now(),
+        });
+    }
+
+    fn note(&self, msg: &str) {
+        self.send(ProgressEvent::Note(msg.to_owned()));
+    }
+
+    /// The menu has no --verbose, and its log has room for the details
+    /// (the copy's setup, a verified signature).
+    fn detail(&self, msg: &str) {
+        self.note(msg);
+    }
+}
+
+/// What the menu reads of `images.json` (`catalog::Entry`, which is only
+/// written); unknown fields are ignored, so the catalog can grow.
+#[derive(Deserialize)]
+struct CatalogDoc {
+    images: Vec<CatalogImage>,
+}
+
+#[derive(Deserialize)]
+struct CatalogImage {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    size: Option<u64>,
+    url: String,
+}
+
+/// A catalog entry is a few hundred bytes: room for thousands of images.
+const CATALOG_LIMIT: u64 = 8 << 20;
+
+fn catalog_images(url: &str, http: &HttpOptions) -> Result<Vec<ImageEntry>> {
+    let url = if url.ends_with('/') {
+        format!("{url}images.json")
+    } else {
+        url.to_owned()
+    };
+    let text = crate::source::fetch_small(&url, http, CATALOG_LIMIT)?
+        .ok_or_else(|| anyhow!("not found (HTTP 404)"))?;
+    parse_catalog(&url, &text)
+}
+
+/// The images of a catalog fetched from `url`; their URLs are relative to
+/// it. Messages leave the URL out: the menu shows them under it.
+fn parse_catalog(url: &str, text: &str) -> Result<Vec<ImageEntry>> {
+    let base = reqwest::Url::parse(url).context("not a URL")?;
+    let doc: CatalogDoc = serde_json::from_str(text).context("not an image catalog")?;
+    doc.images
+        .into_iter()
+        .map(|image| {
+            let location = base
+                .join(&image.url)
+                .with_context(|| format!("{} has a bad url {:?}", image.name, image.url))?;
+            Ok(ImageEntry {
+                name: image.name,
+                size: image.size,
+                kind: ImageKind::Catalog,
+                location: location.to_string(),
+                description: image.description.filter(|d| !d.trim().is_empty()),
+            })
+        })
+        .collect()
+}
+
+fn multicast_images(wait: Duration) -> Result<Vec<ImageEntry>> {
+    let streams = crate::mcast::dnssd::browse(wait)?;
+    Ok(streams
+        .into_iter()
+        .map(|s| ImageEntry {
+            location: s.url(),
+            // Two servers may stream images of one name; the digest tells
+            // whether they are the same image. browse() checked it is hex.
+            description: Some(format!("digest {}", &s.digest[..16])),
+            name: s.name,
+            size: Some(s.size),
+            kind: ImageKind::Multicast,
+        })
+        .collect())
+}
+
+/// File names the menu offers: prepared images and the raw images restore
+/// takes. Restore goes by content; the name only decides what to list.
+const IMAGE_SUFFIXES: [&str; 5] = [".rimg", ".img", ".img.gz", ".img.xz", ".img.zst"];
+
+/// How deep below a directory images are looked for: a data partition is
+/// organised by hand (`images/lab/`), and an unbounded walk of a big disk
+/// would keep its source "searching" for minutes.
+const IMAGE_DEPTH: usize = 3;
+
+fn is_image_name(name: &str) -> bool {
+    IMAGE_SUFFIXES.iter().any(|s| name.ends_with(s))
+}
+
+fn dir_images(dir: &Path) -> Result<Vec<ImageEntry>> {
+    let mut found = Vec::new();
+    walk(dir, IMAGE_DEPTH, &mut found).with_context(|| format!("listing {}", dir.display()))?;
+    Ok(found.iter().filter_map(|p| local_entry(p)).collect())
+}
+
+/// Image files in `dir` and `depth - 1` levels below it, in name order.
+/// Only `dir` itself must be readable; hidden directories are skipped.
+fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = entry.path();
+        // file_type() does not follow links: no walking into a linked
+        // directory (a loop); a linked image file is fine.
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && depth > 1 && !name.starts_with('.') {
+            let _ = walk(&path, depth - 1, out);
+        } else if !is_dir && is_image_name(&name) && path.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The entry for an image file. A prepared image whose head does not
+/// read is left out, as `reimage catalog` does: restoring it could only
+/// fail.
+fn local_entry(path: &Path) -> Option<ImageEntry> {
+    let file_name = path.file_name()?.to_string_lossy().into_owned();
+    // The first line of IMAGE.txt beside it, as the catalog has it.
+    let description = std::fs::read_to_string(path.with_extension("txt"))
+        .ok()
+        .and_then(|t| t.lines().next().map(|l| l.trim().to_owned()))
+        .filter(|l| !l.is_empty());
+    let (name, size) = if file_name.ends_with(".rimg") {
+        let mut file = std::fs::File::open(path).ok()?;
+        let m = crate::image::format::read_head(&mut file).ok()?.manifest;
+        let name = if m.name.is_empty() { file_name } else { m.name };
+        (name, Some(m.logical_size))
+    } else if file_name.ends_with(".img") {
+        let len = std::fs::metadata(path).ok()?.len();
+        (file_name, Some(len))
+    } else {
+        // Compressed: the size is known only once decompressed.
+        (file_name, None)
+    };
+    Some(ImageEntry {
+        name,
+        size,
+        kind: ImageKind::Local,
+        location: path.to_string_lossy().into_owned(),
+        description,
+    })
+}
+
+/// Images on the mounted filesystems of removable and USB disks and of
+/// the boot disk, after (in rescue mode) mounting the boot stick's.
+/// Problems matter only when they leave the list empty.
+fn usb_images(opts: &MenuOptions) -> Result<Vec<ImageEntry>> {
+    let mut disks = disks::list(&opts.sys)?;
+    disks::probe_labels(&mut disks, Path::new("/dev"));
+    let boot = boot_disks(opts, &disks);
+    let is_boot = |d: &Disk| boot.contains(&d.name);
+    let mut problems = Vec::new();
+    if opts.rescue {
+        let mounts = crate::blockdev::mounts()?;
+        for stick in disks.iter().filter(|d| is_boot(d)) {
+            problems.extend(mount_stick(stick, &mounts));
+        }
+    }
+    let mounts = crate::blockdev::mounts()?;
+    let mut roots: Vec<PathBuf> = Vec::new();
+    let searched = disks
+        .iter()
+        .filter(|d| d.removable || d.transport == Transport::Usb || is_boot(d));
+    for dev in searched.flat_map(device_names) {
+        let Some(number) = dev_number(&Path::new("/dev").join(&dev)) else {
+            continue;
+        };
+        for m in mounts.iter().filter(|m| m.dev == number) {
+            let point = PathBuf::from(&m.point);
+            if !roots.contains(&point) {
+                roots.push(point);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for root in &roots {
+        if let Err(e) = walk(root, IMAGE_DEPTH, &mut found) {
+            problems.push(format!("listing {}: {e}", root.display()));
+        }
+    }
+    // A filesystem mounted twice (a bind mount) shows its files twice.
+    let mut seen = HashSet::new();
+    found.retain(|p| std::fs::metadata(p).is_ok_and(|m| seen.insert((m.dev(), m.ino()))));
+    let images: Vec<ImageEntry> = found.iter().filter_map(|p| local_entry(p)).collect();
+    if images.is_empty() && !problems.is_empty() {
+        bail!("{}", problems.join("; "));
+    }
+    Ok(images)
+}
+
+/// The boot medium's kernel names: the one given, and the disk carrying
+/// the rescue stick's labels.
+fn boot_disks(opts: &MenuOptions, disks: &[Disk]) -> Vec<String> {
+    let given = opts
+        .boot_disk
+        .as_deref()
+        .map(|b| b.strip_prefix("/dev/").unwrap_or(b).to_owned());
+    let labelled = disks::boot_disk(disks).map(|d| d.name.clone());
+    given.into_iter().chain(labelled).collect()
+}
+
+/// The devices that may hold a filesystem: the partitions, or the disk
+/// itself when it has none (a stick formatted without a table).
+fn device_names(disk: &Disk) -> Vec<String> {
+    if disk.partitions.is_empty() {
+        vec![disk.name.clone()]
+    } else {
+        disk.partitions.iter().map(|p| p.name.clone()).collect()
+    }
+}
+
+/// A block device's "MAJ:MIN", as mountinfo names what is mounted.
+fn dev_number(node: &Path) -> Option<String> {
+    let meta = std::fs::metadata(node).ok()?;
+    let rdev = meta.rdev();
+    meta.file_type()
+        .is_block_device()
+        .then(|| format!("{}:{}", libc::major(rdev), libc::minor(rdev)))
+}
+
+/// Rescue mode: mounts each filesystem of the boot stick not mounted yet
+/// under [`MEDIA_DIR`]. Read-only, so nothing on the stick changes and
+/// pulling it out loses nothing. Returns what went wrong, a line each.
+fn mount_stick(stick: &Disk, mounts: &[Mount]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for name in device_names(stick) {
+        let dev = Path::new("/dev").join(&name);
+        let Some(number) = dev_number(&dev) else {
+            continue;
+        };
+        if mounts.iter().any(|m| m.dev == number) {
+            continue;
+        }
+        let Some(fstype) = fs_type(&dev) else {
+            continue;
+        };
+        let dir = Path::new(MEDIA_DIR).join(&name);
+        let flags =
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        let mounted = std::fs::create_dir_all(&dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                nix::mount::mount(Some(&dev), &dir, Some(fstype), flags, None::<&str>)
+                    .map_err(anyhow::Error::from)
+            });
+        if let Err(e) = mounted {
+            problems.push(format!(
+                "mounting {} ({fstype}) on {}: {e}",
+                dev.display(),
+                dir.display()
+            ));
+        }
+    }
+    problems
+}
+
+/// Bytes [`fs_type_of`] looks at: the ext superblock ends within them.
+const FS_PROBE: usize = 2048;
+
+/// The filesystem on a device, as mount(2) names it; see [`fs_type_of`].
+fn fs_type(dev: &Path) -> Option<&'static str> {
+    let mut head = [0u8; FS_PROBE];
+    std::fs::File::open(dev).ok()?.read_exact(&mut head).ok()?;
+    fs_type_of(&head)
+}
+
+/// The data-partition filesystems rescue mode mounts, told by their
+/// superblocks so nothing else is ever handed to the kernel to mount:
+/// ext2/3/4 (magic 0xEF53 at 1080; the ext4 driver mounts all three),
+/// exFAT (its name at 3), FAT (boot signature at 510 and the type string
+/// of the FAT12/16 or FAT32 boot sector).
+fn fs_type_of(head: &[u8; FS_PROBE]) -> Option<&'static str> {
+    if head[1080..1082] == 0xEF53u16.to_le_bytes() {
+        Some("ext4")
+    } else if &head[3..11] == b"EXFAT   " {
+        Some("exfat")
+    } else if head[510..512] == [0x55, 0xAA]
+        && (&head[54..57] == b"FAT" || &head[82..87] == b"FAT32")
+    {
+        Some("vfat")
+    } else {
+        None
+    }
+}
+
+/// The disks to offer: all that [`disks::list`] lists (it leaves out loop,
+/// RAM, optical and other virtual devices), but the boot medium.
+fn targets(opts: &MenuOptions) -> Result<Vec<TargetEntry>> {
+    let mut disks = disks::list(&opts.sys)?;
+    disks::probe_labels(&mut disks, Path::new("/dev"));
+    let boot = boot_disks(opts, &disks);
+    Ok(disks
+        .into_iter()
+        .filter(|d| !boot.contains(&d.name))
+        .map(target_entry)
+        .collect())
+}
+
+fn target_entry(d: Disk) -> TargetEntry {
+    TargetEntry {
+        transport: d.transport.to_string().to_lowercase(),
+        partitions: d
+            .partitions
+            .into_iter()
+            .map(|p| PartEntry {
+                name: p.name,
+                size: p.size,
+                label: p.label,
+            })
+            .collect(),
+        name: d.name,
+        path: d.path,
+        size: d.size,
+        model: d.model,
+        serial: d.serial,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_what_pid_1_expects() {
+        assert_eq!(Exit::Shell.code(), 0);
+        assert_eq!(Exit::Reboot.code(), 10);
+        assert_eq!(Exit::PowerOff.code(), 11);
+    }
+
+    #[test]
+    fn catalog_urls_resolve_against_the_catalog() {
+        let text = r#"{"images": [
+            {"name": "lab", "description": "Lab PCs", "size": 1024, "file_size": 10,
+             "digest": "ab", "url": "lab.rimg", "signature_url": null,
+             "created": "2024-01-01T00:00:00Z"},
+            {"name": "kiosk", "description": " ", "size": 2048,
+             "url": "sub/kiosk.rimg"},
+            {"name": "elsewhere", "url": "https://cdn.example/x.rimg"}
+        ]}"#;
+        let images = parse_catalog("http://10.0.0.1:8080/imgs/images.json", text).unwrap();
+        let got: Vec<(&str, &str, Option<u64>, Option<&str>)> = images
+            .iter()
+            .map(|i| {
+                assert_eq!(i.kind, ImageKind::Catalog);
+                (
+                    i.name.as_str(),
+                    i.location.as_str(),
+                    i.size,
+                    i.description.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "lab",
+                    "http://10.0.0.1:8080/imgs/lab.rimg",
+                    Some(1024),
+                    Some("Lab PCs")
+                ),
+                (
+                    "kiosk",
+                    "http://10.0.0.1:8080/imgs/sub/kiosk.rimg",
+                    Some(2048),
+                    None
+                ),
+                ("elsewhere", "https://cdn.example/x.rimg", None, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_catalog_is_one_line() {
+        let url = "http://srv/images.json";
+        for text in [
+            "<html>not found</html>",
+            r#"{"images": [{"url": "x"}]}"#,
+            "",
+        ] {
+            let e = format!("{:#}", parse_catalog(url, text).unwrap_err());
+            assert!(e.starts_with("not an image catalog: "), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        assert!(parse_catalog("not a url", r#"{"images": []}"#).is_err());
+    }
+
+    #[test]
+    fn image_files_are_found_by_name_and_depth() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        for f in [
+            "a.img",
+            "b.img.zst",
+            "c.img.gz",
+            "notes.txt",
+            "d.img.partial",
+            "one/e.img.xz",
+            "one/two/f.img",
+            "one/two/three/too-deep.img",
+            ".hidden/g.img",
+        ] {
+            let path = root.join(f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"0123").unwrap();
+        }
+        std::fs::write(root.join("a.txt"), "Lab image\nmore\n").unwrap();
+        // Not a prepared image: left out.
+        std::fs::write(root.join("broken.rimg"), b"garbage").unwrap();
+        std::os::unix::fs::symlink(root, root.join("one/loop")).unwrap();
+
+        let images = dir_images(root).unwrap();
+        let names: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a.img", "b.img.zst", "c.img.gz", "e.img.xz", "f.img"]
+        );
+        assert_eq!(images[0].size, Some(4));
+        assert_eq!(images[0].description.as_deref(), Some("Lab image"));
+        assert_eq!(images[1].size, None);
+        assert!(images.iter().all(|i| i.kind == ImageKind::Local));
+        assert_eq!(
+            images[4].location,
+            root.join("one/two/f.img").to_string_lossy()
+        );
+        assert!(dir_images(&root.join("missing")).is_err());
+    }
+
+    #[test]
+    fn filesystems_are_told_by_their_superblocks() {
+        let mut head = [0u8; FS_PROBE];
+        assert_eq!(fs_type_of(&head), None);
+        head[1080..1082].copy_from_slice(&[0x53, 0xEF]);
+        assert_eq!(fs_type_of(&head), Some("ext4"));
+        let mut head = [0u8; FS_PROBE];
+        head[3..11].copy_from_slice(b"EXFAT   ");
+        assert_eq!(fs_type_of(&head), Some("exfat"));
+        let mut head = [0u8; FS_PROBE];
+        head[510..512].copy_from_slice(&[0x55, 0xAA]);
+        assert_eq!(fs_type_of(&head), None, "an MBR is not a filesystem");
+        head[54..59].copy_from_slice(b"FAT16");
+        assert_eq!(fs_type_of(&head), Some("vfat"));
+        let mut head = [0u8; FS_PROBE];
+        head[510..512].copy_from_slice(&[0x55, 0xAA]);
+        head[82..87].copy_from_slice(b"FAT32");
+        assert_eq!(fs_type_of(&head), Some("vfat"));
+
+        // And on real filesystems, where the tools are installed.
+        let t = tempfile::tempdir().unwrap();
+        for (tool, args, want) in [
+            ("mkfs.ext4", &["-q", "-F"][..], "ext4"),
+            ("mkfs.vfat", &[][..], "vfat"),
+            ("mkfs.vfat", &["-F", "32"][..], "vfat"),
+        ] {
+            let image = t.path().join("fs");
+            std::fs::File::create(&image)
+                .unwrap()
+                .set_len(40 << 20)
+                .unwrap();
+            let made = std::process::Command::new(tool)
+                .args(args)
+                .arg(&image)
+                .output();
+            if made.is_ok_and(|o| o.status.success()) {
+                assert_eq!(fs_type(&image), Some(want), "{tool} {args:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn progress_becomes_stamped_events() {
+        let (tx, rx) = mpsc::channel();
+        let sink = ChannelProgress::new(tx);
+        let before = Instant::now();
+        sink.start(Phase::Restore, 100);
+        for done in 1..=100 {
+            sink.update(Phase::Restore, done, 100);
+        }
+        sink.finish(Phase::Restore);
+        sink.note("hello");
+        sink.detail("details too");
+        let events: Vec<ProgressEvent> = rx
+            .try_iter()
+            .map(|e| match e {
+                Event::Progress(p) => p,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(
+            matches!(events[0], ProgressEvent::Start { phase: Phase::Restore, total: 100, at } if at >= before)
+        );
+        // Throttled, but the first and the complete one always go out.
+        let updates: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match e {
+                ProgressEvent::Update { done, .. } => Some(*done),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(updates.first(), Some(&1));
+        assert_eq!(updates.last(), Some(&100));
+        assert!(updates.len() < 100, "{updates:?}");
+        let n = events.len();
+        assert!(matches!(
+            events[n - 3],
+            ProgressEvent::Finish {
+                phase: Phase::Restore,
+                ..
+            }
+        ));
+        assert_eq!(events[n - 2], ProgressEvent::Note("hello".into()));
+        assert_eq!(events[n - 1], ProgressEvent::Note("details too".into()));
+    }
+
+    #[test]
+    fn worker_errors_and_panics_become_one_line() {
+        let e = caught::<()>(|| Err(anyhow!("two\nlines").context("outer"))).unwrap_err();
+        assert_eq!(e, "outer: two lines");
+        let e = caught::<()>(|| panic!("boom {}", 1)).unwrap_err();
+        assert_eq!(e, "internal error: boom 1");
+        assert_eq!(caught(|| Ok(5)), Ok(5));
+    }
+}
