@@ -57,6 +57,9 @@ pub trait ProgressSink: Send + Sync {
     fn note(&self, msg: &str);
     /// A line shown only with `--verbose`.
     fn detail(&self, msg: &str);
+    /// A streamed source's reception (multicast): loss so far and passes
+    /// seen. Only the menu shows it; the CLI's server log has the same.
+    fn stream(&self, _loss_percent: f64, _passes: u32) {}
 }
 
 /// Percent with one decimal, clamped to 100.

@@ -326,6 +326,9 @@ struct Ready {
     slot: Box<Slot>,
 }
 
+/// How often a streamed source's loss and passes go to the progress sink.
+const STREAM_STATUS_EVERY: Duration = Duration::from_millis(500);
+
 fn copy(
     src: Box<dyn ChunkSource>,
     target: &Target,
@@ -381,6 +384,7 @@ fn copy(
     // must not keep an aborted restore from erasing the target and exiting.
     // It ends by itself once its channels close.
     let abort = Arc::new(AtomicBool::new(false));
+    let stream = src.stream_status();
     {
         let (ready, abort) = (ready_tx.clone(), abort.clone());
         let mut src = src;
@@ -433,8 +437,15 @@ fn copy(
 
         let mut writer = BootHoldingWriter::new(target, verifier);
         let mut done = 0u64;
+        let mut last_stream = Instant::now();
         let result = (|| -> Result<()> {
             loop {
+                if let Some(s) = &stream
+                    && last_stream.elapsed() >= STREAM_STATUS_EVERY
+                {
+                    last_stream = Instant::now();
+                    progress.stream(s.loss_percent(), s.passes());
+                }
                 // Wake up now and then even when no piece comes (a stalled
                 // network stream), so Ctrl-C is acted on promptly.
                 let r = match ready_rx.recv_timeout(Duration::from_millis(200)) {

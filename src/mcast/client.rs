@@ -9,7 +9,7 @@ use std::fmt;
 use std::io::IoSliceMut;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::fec;
 use super::wire::{self, Key, Msg, SYMBOL_SIZE};
 use crate::image::format::{self, Codec, HEADER_LEN, ImageHead};
-use crate::source::{ChunkSource, ImageInfo, Piece, Slot, SourceOptions};
+use crate::source::{ChunkSource, ImageInfo, Piece, Slot, SourceOptions, StreamStatus};
 
 pub const DEFAULT_PORT: u16 = 7800;
 
@@ -42,6 +42,8 @@ struct Stats {
     written: AtomicU64,
     /// Milliseconds since `epoch` at the last valid datagram.
     last_data_ms: AtomicU64,
+    /// Passes of the stream seen, counted from the first one received.
+    passes: AtomicU32,
 }
 
 struct Shared {
@@ -303,6 +305,10 @@ impl ChunkSource for MulticastSource {
         &self.info
     }
 
+    fn stream_status(&self) -> Option<Arc<dyn StreamStatus>> {
+        Some(self.shared.clone())
+    }
+
     fn position(&self) -> u64 {
         self.shared.stats.written.load(Ordering::Relaxed)
     }
@@ -485,6 +491,7 @@ struct Assembler {
     /// Bytes reserved by `collectors` (one padded payload each).
     collected: usize,
     first_seq: Option<u64>,
+    first_pass: Option<u32>,
 }
 
 impl Assembler {
@@ -497,6 +504,7 @@ impl Assembler {
             collectors: HashMap::new(),
             collected: 0,
             first_seq: None,
+            first_pass: None,
         }
     }
 
@@ -511,6 +519,10 @@ impl Assembler {
             wire::parse_symbol(&self.key, self.session, SYMBOL_SIZE, datagram).ok()?;
         let stats = &self.shared.stats;
         let first = *self.first_seq.get_or_insert(h.seq);
+        let first_pass = *self.first_pass.get_or_insert(h.pass);
+        stats
+            .passes
+            .fetch_max(h.pass.saturating_sub(first_pass) + 1, Ordering::Relaxed);
         stats.received.fetch_add(1, Ordering::Relaxed);
         stats
             .expected
@@ -562,6 +574,24 @@ impl Assembler {
         data.truncate(e.payload_len as usize);
         self.shared.held[i].store(true, Ordering::Relaxed);
         Some((i, data))
+    }
+}
+
+impl StreamStatus for Shared {
+    fn loss_percent(&self) -> f64 {
+        let s = &self.stats;
+        let (got, sent) = (
+            s.received.load(Ordering::Relaxed),
+            s.expected.load(Ordering::Relaxed),
+        );
+        if sent == 0 {
+            return 0.0;
+        }
+        sent.saturating_sub(got) as f64 * 100.0 / sent as f64
+    }
+
+    fn passes(&self) -> u32 {
+        self.stats.passes.load(Ordering::Relaxed)
     }
 }
 
@@ -746,6 +776,28 @@ mod tests {
             stats.received.load(Ordering::Relaxed) < stats.expected.load(Ordering::Relaxed) * 2
         );
         assert_eq!(a.collected, 0);
+    }
+
+    #[test]
+    fn loss_and_passes_as_the_menu_sees_them() {
+        let (head, payloads) = image(&[200_000]);
+        let mut a = assembler(head);
+        assert_eq!((a.shared.loss_percent(), a.shared.passes()), (0.0, 0));
+        let mut seq = 0;
+        let k = fec::source_symbols(payloads[0].len() as u64);
+        let all = datagrams(0, &payloads[0], fec::symbols_to_send(k, 0.25) - k, &mut seq);
+        let mut decoded = 0;
+        for (n, d) in all.iter().enumerate() {
+            // Every fourth datagram lost.
+            if n % 4 != 3 {
+                decoded += a.take(d).into_iter().count();
+            }
+        }
+        assert_eq!(decoded, 1);
+        let loss = a.shared.loss_percent();
+        // The last datagrams after the decode still count as sent.
+        assert!((20.0..=26.0).contains(&loss), "{loss}");
+        assert_eq!(a.shared.passes(), 1);
     }
 
     #[test]

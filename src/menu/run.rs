@@ -453,6 +453,13 @@ impl ProgressSink for ChannelProgress {
         });
     }
 
+    fn stream(&self, loss_percent: f64, passes: u32) {
+        self.send(ProgressEvent::Multicast {
+            loss_percent,
+            passes,
+        });
+    }
+
     fn note(&self, msg: &str) {
         self.send(ProgressEvent::Note(msg.to_owned()));
     }
@@ -942,6 +949,7 @@ mod tests {
         sink.finish(Phase::Restore);
         sink.note("hello");
         sink.detail("details too");
+        sink.stream(2.5, 3);
         let events: Vec<ProgressEvent> = rx
             .try_iter()
             .map(|e| match e {
@@ -965,14 +973,21 @@ mod tests {
         assert!(updates.len() < 100, "{updates:?}");
         let n = events.len();
         assert!(matches!(
-            events[n - 3],
+            events[n - 4],
             ProgressEvent::Finish {
                 phase: Phase::Restore,
                 ..
             }
         ));
-        assert_eq!(events[n - 2], ProgressEvent::Note("hello".into()));
-        assert_eq!(events[n - 1], ProgressEvent::Note("details too".into()));
+        assert_eq!(events[n - 3], ProgressEvent::Note("hello".into()));
+        assert_eq!(events[n - 2], ProgressEvent::Note("details too".into()));
+        assert_eq!(
+            events[n - 1],
+            ProgressEvent::Multicast {
+                loss_percent: 2.5,
+                passes: 3
+            }
+        );
     }
 
     #[test]

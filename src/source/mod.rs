@@ -12,6 +12,7 @@ use std::fmt::Display;
 use std::fs::File;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
@@ -79,6 +80,18 @@ pub trait ChunkSource: Display + Send {
     fn next_piece(&mut self, slot: &mut Slot) -> Result<Option<Piece>>;
     /// Bytes of the source consumed so far.
     fn position(&self) -> u64;
+    /// Live reception figures, for sources that stream (multicast).
+    fn stream_status(&self) -> Option<Arc<dyn StreamStatus>> {
+        None
+    }
+}
+
+/// How a streamed source is receiving, read while the restore runs.
+pub trait StreamStatus: Send + Sync {
+    /// Datagrams lost so far, in percent of those sent to us.
+    fn loss_percent(&self) -> f64;
+    /// Passes of the stream seen so far.
+    fn passes(&self) -> u32;
 }
 
 /// Formats recognised by their first bytes, not their names.
