@@ -197,13 +197,14 @@ fn three_clients_lossless_and_with_1_5_and_20_percent_loss() {
                 .and_then(|(_, r)| r.split_whitespace().next())
                 .and_then(|n| n.parse().ok())
                 .unwrap_or_else(|| panic!("no loss figure in {line:?}"));
-            // At least what nftables dropped; more only by what a loaded
-            // machine drops on its own (socket overflows while the three
-            // clients and the server share two cores).
+            // At least what nftables dropped. There is no useful upper
+            // bound: with every multicast test's server and clients on two
+            // cores a starved client's socket overflows (up to 73 % seen),
+            // and the fountain code still gets it done, which is the point.
             let want = f64::from(*percent);
             assert!(
-                seen >= want * 0.75 - 0.3 && seen <= want + 8.0,
-                "{line}: expected {want} % or a little more"
+                seen >= want * 0.75 - 0.3 && seen < 100.0,
+                "{line}: expected at least {want} %"
             );
         }
     }

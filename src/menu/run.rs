@@ -6,6 +6,7 @@
 use std::any::Any;
 use std::collections::HashSet;
 use std::io::{IsTerminal, Read, Stdout};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -189,6 +190,39 @@ struct HookState {
     /// would scribble over the screen (and a worker shows its own in the
     /// menu, see [`caught`]); they are printed once the terminal is back.
     held: Mutex<Vec<String>>,
+    /// The real stderr while fd 2 goes to the log (see [`stderr_to_log`]).
+    stderr: Mutex<Option<OwnedFd>>,
+}
+
+impl HookState {
+    /// Gives the terminal back and stderr with it. Runs once, whoever
+    /// comes first: the panic hook or Screen's Drop.
+    fn restore(&self) {
+        give_terminal_back();
+        if let Some(real) = self.stderr.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = nix::unistd::dup2_stderr(&real);
+        }
+    }
+}
+
+/// Where stderr goes while the menu shows: library code that prints there
+/// (the multicast client's rare warnings) would otherwise scribble over
+/// the screen until the next redraw.
+fn menu_log() -> PathBuf {
+    std::env::temp_dir().join("reimage-menu.log")
+}
+
+/// Points fd 2 at `log` (appending) and returns the real stderr, or None
+/// when that cannot be done (then stderr stays as it is).
+fn stderr_to_log(log: &Path) -> Option<OwnedFd> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .ok()?;
+    let real = nix::unistd::dup(std::io::stderr()).ok()?;
+    nix::unistd::dup2_stderr(&file).ok()?;
+    Some(real)
 }
 
 impl Screen {
@@ -197,6 +231,7 @@ impl Screen {
             active: AtomicBool::new(false),
             menu_thread: std::thread::current().id(),
             held: Mutex::new(Vec::new()),
+            stderr: Mutex::new(None),
         });
         install_panic_hook(hook.clone());
         let terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))
@@ -211,6 +246,7 @@ impl Screen {
         )
         .context("switching to the alternate screen")?;
         screen.terminal.clear().context("clearing the terminal")?;
+        *screen.hook.stderr.lock().unwrap_or_else(|e| e.into_inner()) = stderr_to_log(&menu_log());
         Ok(screen)
     }
 }
@@ -218,7 +254,7 @@ impl Screen {
 impl Drop for Screen {
     fn drop(&mut self) {
         self.hook.active.store(false, Ordering::SeqCst);
-        give_terminal_back();
+        self.hook.restore();
         let held = std::mem::take(&mut *self.hook.held.lock().unwrap_or_else(|e| e.into_inner()));
         for panic in held {
             eprintln!("reimage: a thread {panic}");
@@ -249,7 +285,7 @@ fn install_panic_hook(state: Arc<HookState>) {
                 return;
             }
             state.active.store(false, Ordering::SeqCst);
-            give_terminal_back();
+            state.restore();
         }
         previous(info);
     }));
@@ -935,6 +971,20 @@ mod tests {
                 assert_eq!(fs_type(&image), Some(want), "{tool} {args:?}");
             }
         }
+    }
+
+    #[test]
+    fn stderr_goes_to_the_log_while_the_menu_shows() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("menu.log");
+        let real = stderr_to_log(&log).expect("redirected");
+        // Straight to fd 2, as library code does (eprintln! would go to
+        // the test harness's capture instead).
+        std::io::stderr().write_all(b"chunk 7 refused\n").unwrap();
+        nix::unistd::dup2_stderr(&real).unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("chunk 7 refused"), "{text:?}");
     }
 
     #[test]
