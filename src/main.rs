@@ -190,11 +190,7 @@ fn menu_cmd(a: reimage::cli::MenuArgs) -> anyhow::Result<u8> {
         catalogs: a.catalogs,
         image_dirs: a.image_dirs,
         browse,
-        pubkey: a
-            .pubkey
-            .as_deref()
-            .map(reimage::signature::parse_pubkey)
-            .transpose()?,
+        pubkey: pubkey(a.pubkey.as_deref())?,
         http: reimage::source::HttpOptions {
             cacert: a.cacert,
             ..Default::default()
@@ -215,6 +211,11 @@ fn menu_cmd(a: reimage::cli::MenuArgs) -> anyhow::Result<u8> {
     Ok(exit.code())
 }
 
+/// `--pubkey KEY`: the key itself or a key file.
+fn pubkey(arg: Option<&str>) -> anyhow::Result<Option<minisign_verify::PublicKey>> {
+    arg.map(reimage::signature::parse_pubkey).transpose()
+}
+
 fn restore_cmd(a: reimage::cli::RestoreArgs, exact: bool) -> anyhow::Result<()> {
     let progress = sink(&a.output);
     let opts = RestoreOptions {
@@ -230,11 +231,7 @@ fn restore_cmd(a: reimage::cli::RestoreArgs, exact: bool) -> anyhow::Result<()> 
         timeout: (a.timeout > 0).then(|| std::time::Duration::from_secs(a.timeout)),
         name_in_dir: a.file.is_some(),
         stop: Default::default(),
-        pubkey: a
-            .pubkey
-            .as_deref()
-            .map(reimage::signature::parse_pubkey)
-            .transpose()?,
+        pubkey: pubkey(a.pubkey.as_deref())?,
         http: reimage::source::HttpOptions {
             connections: a.connections as usize,
             cacert: a.cacert.clone(),

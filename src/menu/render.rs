@@ -11,7 +11,6 @@
 //! a terminal too small for the menu gets a message saying so.
 
 use std::ops::Range;
-use std::time::Duration;
 
 use ratatui::Frame;
 use ratatui::layout::{Margin, Position, Rect};
@@ -23,7 +22,7 @@ use super::app::{
     App, Choice, DONE_CHOICES, FAILED_CHOICES, ImageEntry, Listing, POWER_CHOICES, Popup, Run,
     RunProgress, Screen, SourceState, Stage, StageState, Summary, TargetEntry,
 };
-use crate::util::human_size;
+use crate::util::{clock, human_size};
 
 /// Below this many columns or rows the menu only asks for a larger
 /// terminal: the progress screen needs 12 rows to show its bar.
@@ -892,16 +891,6 @@ fn rule(label: &str, w: usize) -> String {
     let head = format!("─ {label} ");
     let n = w.saturating_sub(width(&head));
     fit(&format!("{head}{}", "─".repeat(n)), w)
-}
-
-/// `m:ss`, or `h:mm:ss` from an hour on.
-fn clock(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 3600 {
-        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-    } else {
-        format!("{}:{:02}", s / 60, s % 60)
-    }
 }
 
 // ----- text measuring -----

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::util::human_size;
+use crate::util::{clock, human_size};
 
 /// The device node behind one `console=` value: `ttyS0,115200n8` is
 /// /dev/ttyS0; `tty0` (the foreground virtual terminal) is /dev/tty1, the
@@ -165,16 +165,6 @@ impl ProgressLines {
             );
         }
         Some(line)
-    }
-}
-
-/// "1:05" or "2:03:09".
-fn clock(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 3600 {
-        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-    } else {
-        format!("{}:{:02}", s / 60, s % 60)
     }
 }
 
