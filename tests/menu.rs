@@ -266,22 +266,7 @@ fn a_failed_restore_shows_why_and_leaves_the_disk_empty() {
     let dir = scratch();
     let f = fixtures(dir.path());
     let bad = &f.rimg;
-    {
-        // Flip a byte in the last extent's payload: its digest fails after
-        // the other extents were written.
-        use std::os::unix::fs::FileExt;
-        let head = head_of(bad);
-        let e = head.manifest.extents.last().unwrap();
-        let at = head.manifest.payload_area + e.payload_offset + u64::from(e.payload_len) / 2;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(bad)
-            .unwrap();
-        let mut b = [0u8; 1];
-        file.read_exact_at(&mut b, at).unwrap();
-        file.write_all_at(&[b[0] ^ 0xff], at).unwrap();
-    }
+    corrupt_last_extent(bad);
     let (_file, l) = random_loop(dir.path(), DISK_MIB);
     let node = DevNode::for_loop(&l);
     let t = menu_up_to_confirm(dir.path(), &f.images, &node);

@@ -9,7 +9,6 @@
 mod common;
 
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -166,17 +165,7 @@ fn a_failed_restore_does_not_reboot_and_leaves_the_disk_empty() {
     // The last extent's payload damaged: many extents are written first.
     let bad = dir.path().join("bad.rimg");
     std::fs::copy(&rimg, &bad).unwrap();
-    let head = head_of(&bad);
-    let e = head.manifest.extents.last().unwrap();
-    let at = head.manifest.payload_area + e.payload_offset + u64::from(e.payload_len) / 2;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&bad)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+    corrupt_last_extent(&bad);
 
     let (_f, target) = random_loop(dir.path(), 64);
     let line = format!(

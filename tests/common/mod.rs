@@ -344,6 +344,23 @@ pub fn sign(image: &Path, secret: &Path) {
     );
 }
 
+/// Flips a byte in the middle of the last extent's payload of a prepared
+/// image, in place: its digest fails after every other extent was written.
+pub fn corrupt_last_extent(image: &Path) {
+    use std::os::unix::fs::FileExt;
+    let head = head_of(image);
+    let e = head.manifest.extents.last().unwrap();
+    let at = head.manifest.payload_area + e.payload_offset + u64::from(e.payload_len) / 2;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .unwrap();
+    let mut b = [0u8; 1];
+    file.read_exact_at(&mut b, at).unwrap();
+    file.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+}
+
 /// A restore with --erase --noprompt that must succeed; returns stdout.
 pub fn restore_ok(source: &Path, target: &Path, extra: &[&str]) -> String {
     let mut args = vec![
