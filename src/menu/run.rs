@@ -5,9 +5,9 @@
 
 use std::any::Any;
 use std::collections::HashSet;
-use std::io::{IsTerminal, Read, Stdout};
+use std::io::{IsTerminal, Stdout};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use crossterm::event::{self as term_event, Event as TermEvent};
 use crossterm::{cursor, execute, terminal};
-use nix::mount::MsFlags;
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use serde::Deserialize;
@@ -27,9 +26,9 @@ use serde::Deserialize;
 use super::app::{
     Action, App, Event, Exit, ImageEntry, ImageKind, PartEntry, ProgressEvent, Summary, TargetEntry,
 };
-use crate::blockdev::Mount;
 use crate::progress::{Phase, ProgressSink};
 use crate::rescue::disks::{self, Disk, Transport};
+use crate::rescue::media;
 use crate::restore::{self, RestoreOptions};
 use crate::source::HttpOptions;
 
@@ -66,13 +65,9 @@ pub struct MenuOptions {
     /// The sysfs root disks are listed from (`/sys`; tests build a fake).
     pub sys: PathBuf,
     /// Running as the rescue system: the boot stick's filesystems that are
-    /// not mounted get mounted read-only under [`MEDIA_DIR`] to be searched.
+    /// not mounted get mounted read-only under [`media::MEDIA_DIR`] to be searched.
     pub rescue: bool,
 }
-
-/// Where rescue mode mounts the boot stick's filesystems, one directory
-/// per partition name.
-pub const MEDIA_DIR: &str = "/run/reimage/media";
 
 /// How often the input thread sends [`Event::Tick`].
 const TICK: Duration = Duration::from_secs(1);
@@ -240,12 +235,14 @@ impl Screen {
         let mut screen = Screen { terminal, hook };
         terminal::enable_raw_mode().context("switching the terminal to raw mode")?;
         screen.hook.active.store(true, Ordering::SeqCst);
+        // Not Terminal::clear: it asks the terminal where the cursor is,
+        // and a serial console (a BMC's, a log) may never answer.
         execute!(
             screen.terminal.backend_mut(),
-            terminal::EnterAlternateScreen
+            terminal::EnterAlternateScreen,
+            terminal::Clear(terminal::ClearType::All)
         )
         .context("switching to the alternate screen")?;
-        screen.terminal.clear().context("clearing the terminal")?;
         *screen.hook.stderr.lock().unwrap_or_else(|e| e.into_inner()) = stderr_to_log(&menu_log());
         Ok(screen)
     }
@@ -659,7 +656,7 @@ fn usb_images(opts: &MenuOptions) -> Result<Vec<ImageEntry>> {
     if opts.rescue {
         let mounts = crate::blockdev::mounts()?;
         for stick in disks.iter().filter(|d| is_boot(d)) {
-            problems.extend(mount_stick(stick, &mounts));
+            problems.extend(media::mount_stick(stick, &mounts));
         }
     }
     let mounts = crate::blockdev::mounts()?;
@@ -667,15 +664,9 @@ fn usb_images(opts: &MenuOptions) -> Result<Vec<ImageEntry>> {
     let searched = disks
         .iter()
         .filter(|d| d.removable || d.transport == Transport::Usb || is_boot(d));
-    for dev in searched.flat_map(device_names) {
-        let Some(number) = dev_number(&Path::new("/dev").join(&dev)) else {
-            continue;
-        };
-        for m in mounts.iter().filter(|m| m.dev == number) {
-            let point = PathBuf::from(&m.point);
-            if !roots.contains(&point) {
-                roots.push(point);
-            }
+    for point in searched.flat_map(|d| media::mount_points(d, &mounts)) {
+        if !roots.contains(&point) {
+            roots.push(point);
         }
     }
     let mut found = Vec::new();
@@ -703,90 +694,6 @@ fn boot_disks(opts: &MenuOptions, disks: &[Disk]) -> Vec<String> {
         .map(|b| b.strip_prefix("/dev/").unwrap_or(b).to_owned());
     let labelled = disks::boot_disk(disks).map(|d| d.name.clone());
     given.into_iter().chain(labelled).collect()
-}
-
-/// The devices that may hold a filesystem: the partitions, or the disk
-/// itself when it has none (a stick formatted without a table).
-fn device_names(disk: &Disk) -> Vec<String> {
-    if disk.partitions.is_empty() {
-        vec![disk.name.clone()]
-    } else {
-        disk.partitions.iter().map(|p| p.name.clone()).collect()
-    }
-}
-
-/// A block device's "MAJ:MIN", as mountinfo names what is mounted.
-fn dev_number(node: &Path) -> Option<String> {
-    let meta = std::fs::metadata(node).ok()?;
-    let rdev = meta.rdev();
-    meta.file_type()
-        .is_block_device()
-        .then(|| format!("{}:{}", libc::major(rdev), libc::minor(rdev)))
-}
-
-/// Rescue mode: mounts each filesystem of the boot stick not mounted yet
-/// under [`MEDIA_DIR`]. Read-only, so nothing on the stick changes and
-/// pulling it out loses nothing. Returns what went wrong, a line each.
-fn mount_stick(stick: &Disk, mounts: &[Mount]) -> Vec<String> {
-    let mut problems = Vec::new();
-    for name in device_names(stick) {
-        let dev = Path::new("/dev").join(&name);
-        let Some(number) = dev_number(&dev) else {
-            continue;
-        };
-        if mounts.iter().any(|m| m.dev == number) {
-            continue;
-        }
-        let Some(fstype) = fs_type(&dev) else {
-            continue;
-        };
-        let dir = Path::new(MEDIA_DIR).join(&name);
-        let flags =
-            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        let mounted = std::fs::create_dir_all(&dir)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| {
-                nix::mount::mount(Some(&dev), &dir, Some(fstype), flags, None::<&str>)
-                    .map_err(anyhow::Error::from)
-            });
-        if let Err(e) = mounted {
-            problems.push(format!(
-                "mounting {} ({fstype}) on {}: {e}",
-                dev.display(),
-                dir.display()
-            ));
-        }
-    }
-    problems
-}
-
-/// Bytes [`fs_type_of`] looks at: the ext superblock ends within them.
-const FS_PROBE: usize = 2048;
-
-/// The filesystem on a device, as mount(2) names it; see [`fs_type_of`].
-fn fs_type(dev: &Path) -> Option<&'static str> {
-    let mut head = [0u8; FS_PROBE];
-    std::fs::File::open(dev).ok()?.read_exact(&mut head).ok()?;
-    fs_type_of(&head)
-}
-
-/// The data-partition filesystems rescue mode mounts, told by their
-/// superblocks so nothing else is ever handed to the kernel to mount:
-/// ext2/3/4 (magic 0xEF53 at 1080; the ext4 driver mounts all three),
-/// exFAT (its name at 3), FAT (boot signature at 510 and the type string
-/// of the FAT12/16 or FAT32 boot sector).
-fn fs_type_of(head: &[u8; FS_PROBE]) -> Option<&'static str> {
-    if head[1080..1082] == 0xEF53u16.to_le_bytes() {
-        Some("ext4")
-    } else if &head[3..11] == b"EXFAT   " {
-        Some("exfat")
-    } else if head[510..512] == [0x55, 0xAA]
-        && (&head[54..57] == b"FAT" || &head[82..87] == b"FAT32")
-    {
-        Some("vfat")
-    } else {
-        None
-    }
 }
 
 /// The disks to offer: all that [`disks::list`] lists (it leaves out loop,
@@ -930,47 +837,6 @@ mod tests {
             root.join("one/two/f.img").to_string_lossy()
         );
         assert!(dir_images(&root.join("missing")).is_err());
-    }
-
-    #[test]
-    fn filesystems_are_told_by_their_superblocks() {
-        let mut head = [0u8; FS_PROBE];
-        assert_eq!(fs_type_of(&head), None);
-        head[1080..1082].copy_from_slice(&[0x53, 0xEF]);
-        assert_eq!(fs_type_of(&head), Some("ext4"));
-        let mut head = [0u8; FS_PROBE];
-        head[3..11].copy_from_slice(b"EXFAT   ");
-        assert_eq!(fs_type_of(&head), Some("exfat"));
-        let mut head = [0u8; FS_PROBE];
-        head[510..512].copy_from_slice(&[0x55, 0xAA]);
-        assert_eq!(fs_type_of(&head), None, "an MBR is not a filesystem");
-        head[54..59].copy_from_slice(b"FAT16");
-        assert_eq!(fs_type_of(&head), Some("vfat"));
-        let mut head = [0u8; FS_PROBE];
-        head[510..512].copy_from_slice(&[0x55, 0xAA]);
-        head[82..87].copy_from_slice(b"FAT32");
-        assert_eq!(fs_type_of(&head), Some("vfat"));
-
-        // And on real filesystems, where the tools are installed.
-        let t = tempfile::tempdir().unwrap();
-        for (tool, args, want) in [
-            ("mkfs.ext4", &["-q", "-F"][..], "ext4"),
-            ("mkfs.vfat", &[][..], "vfat"),
-            ("mkfs.vfat", &["-F", "32"][..], "vfat"),
-        ] {
-            let image = t.path().join("fs");
-            std::fs::File::create(&image)
-                .unwrap()
-                .set_len(40 << 20)
-                .unwrap();
-            let made = std::process::Command::new(tool)
-                .args(args)
-                .arg(&image)
-                .output();
-            if made.is_ok_and(|o| o.status.success()) {
-                assert_eq!(fs_type(&image), Some(want), "{tool} {args:?}");
-            }
-        }
     }
 
     #[test]

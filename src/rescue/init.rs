@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use super::cmdline::{After, Params, TargetSpec};
 use super::console::{self, Consoles, ProgressLines};
 use super::system::{self, End};
-use super::{disks, modules, net};
+use super::{disks, media, modules, net};
 
 /// How `reimage menu` tells PID 1 what the user chose (see
 /// `menu::run::Exit::code`): 0 is the shell.
@@ -324,6 +324,7 @@ impl Rescue {
         else {
             bail!("reimage.source and reimage.target are both needed");
         };
+        let source = self.resolve_source(source)?;
         let target = self.resolve_target(&spec)?;
         if !self.params.noprompt && !self.confirm(&target)? {
             bail!("not erasing {}: the restore was declined", target.display());
@@ -393,6 +394,22 @@ impl Rescue {
                 target.display(),
                 describe(&other)
             ),
+        }
+    }
+
+    /// `stick:PATH` is a file on the boot stick, which (on USB) may take a
+    /// while to appear; anything else goes to `restore --source` as it is.
+    fn resolve_source(&self, source: String) -> Result<String> {
+        let Some(rel) = source.strip_prefix("stick:") else {
+            return Ok(source);
+        };
+        let deadline = Instant::now() + TARGET_WAIT;
+        loop {
+            match media::stick_file(Path::new("/sys"), rel) {
+                Ok(path) => return Ok(path.display().to_string()),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
         }
     }
 
@@ -562,7 +579,7 @@ fn shell_command() -> Command {
 
 /// The kernel starts init with almost no environment.
 fn with_env(mut cmd: Command) -> Command {
-    cmd.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    cmd.env("PATH", super::PATH)
         .env("HOME", "/root")
         .env_remove("LINES")
         .env_remove("COLUMNS");

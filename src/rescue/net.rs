@@ -108,6 +108,7 @@ pub fn link_up(name: &str) -> Result<()> {
 /// ends. Fails when there is no udhcpc.
 pub fn start_dhcp(nic: &str, script: &Path) -> Result<()> {
     Command::new("udhcpc")
+        .env("PATH", super::PATH)
         .args(["-i", nic, "-s"])
         .arg(script)
         // Try for 3 × 2 s, then keep trying in the background: a cable
