@@ -1,0 +1,146 @@
+# shellcheck shell=bash
+# Shared by the qemu-tests scenarios (sourced). The runner exports:
+#   TOP     the repository            BIN    the static reimage
+#   WORK    this scenario's scratch directory (empty at the start)
+#   MEDIA   image-build's output: vmlinuz, initrd.img, reimage-usb.img, pxe/
+#           (the stick restores stick:testos.rimg onto auto and powers off)
+#   TESTOS  the bootable test disk (raw)  TESTOS_IMAGE  its prepared image
+# Facts behind the QEMU options: ../shared/BOOT-NOTES.md.
+
+set -euo pipefail
+
+OVMF_CODE=/usr/share/OVMF/OVMF_CODE_4M.fd
+OVMF_VARS=/usr/share/OVMF/OVMF_VARS_4M.fd
+# Every guest's kernel command line starts with these (no_timer_check: a
+# TCG guest on a loaded host can fail the IO-APIC timer check and panic).
+export GUEST_CMDLINE="console=tty0 console=ttyS0,115200n8 no_timer_check panic=-1 loglevel=4"
+
+cleanups=()
+# Runs "$@" when the scenario ends, last registered first.
+on_exit() { cleanups=("$*" "${cleanups[@]}"); }
+run_cleanups() {
+  local c
+  for c in "${cleanups[@]}"; do eval "$c" || true; done
+}
+trap run_cleanups EXIT
+
+say() { printf '%s %s\n' "$(date +%T)" "$*"; }
+fail() { say "FAIL: $*"; exit 1; }
+
+# qemu ARGS...: the common options; callers add disks, NICs, firmware.
+# QEMU_ACCEL=kvm where KVM guests work (not on these machines: they hang).
+qemu_cmd() {
+  echo qemu-system-x86_64 -accel "${QEMU_ACCEL:-tcg}" -m 1024 -smp 1 \
+    -nodefaults -display none -vga none -monitor none -no-reboot
+}
+
+# uefi NAME: pflash options with a fresh copy of the variable store.
+uefi() {
+  cp "$OVMF_VARS" "$WORK/$1.vars"
+  echo -machine q35 \
+    -drive "if=pflash,format=raw,readonly=on,file=$OVMF_CODE" \
+    -drive "if=pflash,format=raw,file=$WORK/$1.vars"
+}
+
+# guest NAME SECONDS QEMU-ARGS...: runs a guest to its end with the serial
+# console in $WORK/NAME.log; fails when it outlives SECONDS.
+guest() {
+  local name=$1 secs=$2
+  shift 2
+  say "guest $name: starting"
+  # shellcheck disable=SC2046
+  if ! timeout -k 5 "$secs" $(qemu_cmd) -serial "file:$WORK/$name.log" "$@" </dev/null >"$WORK/$name.qemu" 2>&1; then
+    tail -5 "$WORK/$name.qemu" >&2 || true
+    tail -30 "$WORK/$name.log" >&2 || true
+    fail "guest $name did not end by itself within ${secs}s"
+  fi
+  say "guest $name: ended"
+}
+
+# guest_bg NAME SECONDS QEMU-ARGS...: the same in the background; the PID
+# is in $guest_pid. `wait_guest NAME PID` collects it.
+guest_bg() {
+  local name=$1 secs=$2
+  shift 2
+  say "guest $name: starting"
+  # shellcheck disable=SC2046
+  timeout -k 5 "$secs" $(qemu_cmd) -serial "file:$WORK/$name.log" "$@" </dev/null >"$WORK/$name.qemu" 2>&1 &
+  guest_pid=$!
+  on_exit "kill $guest_pid 2>/dev/null"
+}
+wait_guest() {
+  if ! wait "$2"; then
+    tail -5 "$WORK/$1.qemu" >&2 || true
+    tail -30 "$WORK/$1.log" >&2 || true
+    fail "guest $1 did not end by itself in time"
+  fi
+  say "guest $1: ended"
+}
+
+# expect_log NAME TEXT: the guest's serial log holds TEXT.
+expect_log() {
+  grep -aqF -- "$2" "$WORK/$1.log" || {
+    tail -30 "$WORK/$1.log" >&2
+    fail "guest $1 never printed: $2"
+  }
+  say "guest $1 printed: $2"
+}
+
+# wait_log NAME TEXT SECONDS: waits until the serial log holds TEXT.
+wait_log() {
+  local deadline=$((SECONDS + $3))
+  until grep -aqF -- "$2" "$WORK/$1.log" 2>/dev/null; do
+    ((SECONDS < deadline)) || { tail -30 "$WORK/$1.log" >&2 || true; fail "guest $1: no \"$2\" within $3 s"; }
+    sleep 0.5
+  done
+}
+
+# blank_disk PATH MIB: a sparse raw disk.
+blank_disk() {
+  rm -f "$1"
+  truncate -s "$2M" "$1"
+}
+
+# check_restored TARGET: the host's own check that TARGET holds the test OS.
+check_restored() {
+  "$TOP/qemu-tests/check-disk" "$TESTOS" "$1" || fail "the restored disk $1 is wrong"
+}
+
+# boot_restored NAME DISK: boots DISK (UEFI, NVMe) and expects the test OS.
+boot_restored() {
+  # shellcheck disable=SC2046
+  guest "$1" 120 $(uefi "$1") \
+    -drive "file=$2,if=none,id=restored,format=raw,snapshot=on" -device nvme,serial=restored,drive=restored
+  expect_log "$1" "reimage-test-os: up (testos=restored-ok)"
+}
+
+# netns NAME: a network namespace with a bridge br0 at 10.77.0.1/24
+# (multicast snooping off: every port hears every group), lo up. Removed
+# when the scenario ends.
+netns() {
+  NS=$1
+  ip netns add "$NS"
+  on_exit "ip netns del $NS"
+  ip -n "$NS" link set lo up
+  ip -n "$NS" link add br0 type bridge mcast_snooping 0
+  ip -n "$NS" addr add 10.77.0.1/24 dev br0
+  ip -n "$NS" link set br0 up
+}
+
+# tap NAME: a tap device on $NS's bridge, for a guest's -netdev tap.
+tap() {
+  ip -n "$NS" tuntap add "$1" mode tap
+  ip -n "$NS" link set "$1" master br0 up
+}
+
+# in_ns CMD...: runs CMD in $NS.
+in_ns() { ip netns exec "$NS" "$@"; }
+
+# dhcp_server: dnsmasq handing out 10.77.0.100-199 on br0 (no DNS, no
+# boot files): the site's own DHCP server.
+dhcp_server() {
+  in_ns dnsmasq --keep-in-foreground --port=0 --interface=br0 --bind-interfaces \
+    --dhcp-range=10.77.0.100,10.77.0.199,1h --dhcp-leasefile="$WORK/leases" \
+    --pid-file="$WORK/dnsmasq.pid" --log-facility="$WORK/dnsmasq.log" --log-dhcp &
+  on_exit "kill $! 2>/dev/null"
+}
