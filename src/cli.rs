@@ -120,6 +120,10 @@ pub struct ServeArgs {
     /// Address and port to listen on
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8080")]
     pub listen: std::net::SocketAddr,
+    /// Also serve this directory under /boot/ (the PXE tree: boot.ipxe,
+    /// vmlinuz, initrd.img)
+    #[arg(long, value_name = "DIR")]
+    pub boot: Option<PathBuf>,
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key)
     #[arg(long, value_name = "PEM", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

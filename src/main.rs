@@ -140,12 +140,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = reimage::serve::ServeOptions {
                 images: a.images,
                 listen: a.listen,
+                boot: a.boot,
                 tls: a.tls_cert.zip(a.tls_key),
             };
             let scheme = if opts.tls.is_some() { "https" } else { "http" };
             reimage::serve::serve(&opts, |addr| {
+                let boot = opts
+                    .boot
+                    .as_ref()
+                    .map(|b| format!(", {} at /boot/", b.display()))
+                    .unwrap_or_default();
                 println!(
-                    "Serving {} on {scheme}://{addr}/ (catalog at /images.json)",
+                    "Serving {} on {scheme}://{addr}/ (catalog at /images.json{boot})",
                     opts.images.display()
                 );
             })

@@ -2,6 +2,8 @@
 //! for a directory of images (GET and HEAD with Range, from tower-http's
 //! ServeDir) plus `/images.json`, the catalog the menu reads, built fresh on
 //! every request so images copied into the directory appear at once.
+//! With `--boot DIR` it also serves a PXE tree (boot.ipxe, kernel, initramfs)
+//! under `/boot/`, so one server is all a netbooting room needs over HTTP.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +31,8 @@ const SEND_CHUNK: usize = 1 << 20;
 pub struct ServeOptions {
     pub images: PathBuf,
     pub listen: SocketAddr,
+    /// A directory served under `/boot/` (the PXE tree iPXE fetches).
+    pub boot: Option<PathBuf>,
     /// PEM certificate chain and private key: serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -38,6 +42,9 @@ pub struct ServeOptions {
 pub fn serve(opts: &ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result<()> {
     if !opts.images.is_dir() {
         anyhow::bail!("--images {} is not a directory", opts.images.display());
+    }
+    if let Some(boot) = opts.boot.as_ref().filter(|b| !b.is_dir()) {
+        anyhow::bail!("--boot {} is not a directory", boot.display());
     }
     let tls = opts
         .tls
@@ -49,9 +56,11 @@ pub fn serve(opts: &ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result<()> 
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let images = opts.images.clone();
-    let app = Router::new()
-        .route("/images.json", get(move || catalog(images.clone())))
-        .fallback_service(ServeDir::new(&opts.images).with_buf_chunk_size(SEND_CHUNK));
+    let mut app = Router::new().route("/images.json", get(move || catalog(images.clone())));
+    if let Some(boot) = &opts.boot {
+        app = app.nest_service("/boot", ServeDir::new(boot).with_buf_chunk_size(SEND_CHUNK));
+    }
+    let app = app.fallback_service(ServeDir::new(&opts.images).with_buf_chunk_size(SEND_CHUNK));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

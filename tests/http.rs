@@ -415,7 +415,7 @@ struct ReimageServe {
 }
 
 impl ReimageServe {
-    /// `extra` holds serve's TLS options, if any.
+    /// `extra` holds serve's other options (TLS, --boot), if any.
     fn start(dir: &Path, extra: &[&str]) -> ReimageServe {
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_reimage"))
@@ -437,7 +437,11 @@ impl ReimageServe {
         )
         .unwrap();
         assert!(line.starts_with("Serving "), "{line}");
-        let scheme = if extra.is_empty() { "http" } else { "https" };
+        let scheme = if extra.contains(&"--tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
         ReimageServe {
             child,
             base: format!("{scheme}://127.0.0.1:{port}"),
@@ -524,6 +528,42 @@ fn reimage_serve_serves_images_ranges_and_the_catalog() {
         404
     );
     assert_eq!(server.stop(), Some(0), "serve must exit cleanly on SIGTERM");
+}
+
+/// `--boot DIR`: the PXE tree is served under /boot/, beside the images.
+#[test]
+fn reimage_serve_serves_a_boot_tree_under_boot() {
+    let f = fixtures();
+    let boot = scratch();
+    let script = "#!ipxe\nkernel vmlinuz initrd=initrd.img\ninitrd initrd.img\nboot\n";
+    std::fs::write(boot.path().join("boot.ipxe"), script).unwrap();
+    std::fs::write(boot.path().join("vmlinuz"), vec![7u8; 300_000]).unwrap();
+    let server = ReimageServe::start(&f.root, &["--boot", s(boot.path())]);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::blocking::Client::new();
+    let get = |path: &str| client.get(format!("{}{path}", server.base)).send().unwrap();
+    let r = get("/boot/boot.ipxe");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), script);
+    let r = get("/boot/vmlinuz");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().len(), 300_000);
+    assert_eq!(get("/boot/initrd.img").status(), 404);
+    // The images dir is not reachable under /boot/, nor the tree at /.
+    assert_eq!(get("/boot/fs.rimg").status(), 404);
+    assert_eq!(get("/boot.ipxe").status(), 404);
+    // The images and the catalog are served as without --boot.
+    let r = get("/fs.rimg");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.bytes().unwrap().as_ref(),
+        &std::fs::read(f.root.join("fs.rimg")).unwrap()[..]
+    );
+    assert_eq!(get("/images.json").status(), 200);
+    assert_eq!(server.stop(), Some(0));
+    let missing = boot.path().join("nope");
+    let o = reimage(&["serve", "--images", s(&f.root), "--boot", s(&missing)]);
+    assert_fails_with(&o, "is not a directory");
 }
 
 /// A deliberately odd HTTP/1.1 server for one file: no Range support, and
