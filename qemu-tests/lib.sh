@@ -16,6 +16,8 @@ OVMF_VARS=/usr/share/OVMF/OVMF_VARS_4M.fd
 export GUEST_CMDLINE="console=tty0 console=ttyS0,115200n8 no_timer_check panic=-1 loglevel=4"
 
 cleanups=()
+# Guests run inside the scenario's network namespace once `netns` made one.
+GUEST_PREFIX=()
 # Runs "$@" when the scenario ends, last registered first.
 on_exit() { cleanups=("$*" "${cleanups[@]}"); }
 run_cleanups() {
@@ -49,7 +51,7 @@ guest() {
   shift 2
   say "guest $name: starting"
   # shellcheck disable=SC2046
-  if ! timeout -k 5 "$secs" $(qemu_cmd) -serial "file:$WORK/$name.log" "$@" </dev/null >"$WORK/$name.qemu" 2>&1; then
+  if ! timeout -k 5 "$secs" "${GUEST_PREFIX[@]}" $(qemu_cmd) -serial "file:$WORK/$name.log" "$@" </dev/null >"$WORK/$name.qemu" 2>&1; then
     tail -5 "$WORK/$name.qemu" >&2 || true
     tail -30 "$WORK/$name.log" >&2 || true
     fail "guest $name did not end by itself within ${secs}s"
@@ -64,7 +66,7 @@ guest_bg() {
   shift 2
   say "guest $name: starting"
   # shellcheck disable=SC2046
-  timeout -k 5 "$secs" $(qemu_cmd) -serial "file:$WORK/$name.log" "$@" </dev/null >"$WORK/$name.qemu" 2>&1 &
+  timeout -k 5 "$secs" "${GUEST_PREFIX[@]}" $(qemu_cmd) -serial "file:$WORK/$name.log" "$@" </dev/null >"$WORK/$name.qemu" 2>&1 &
   guest_pid=$!
   on_exit "kill $guest_pid 2>/dev/null"
 }
@@ -115,10 +117,11 @@ boot_restored() {
 }
 
 # netns NAME: a network namespace with a bridge br0 at 10.77.0.1/24
-# (multicast snooping off: every port hears every group), lo up. Removed
-# when the scenario ends.
+# (multicast snooping off: every port hears every group), lo up, where the
+# guests started from now on run. Removed when the scenario ends.
 netns() {
   NS=$1
+  GUEST_PREFIX=(ip netns exec "$NS")
   ip netns add "$NS"
   on_exit "ip netns del $NS"
   ip -n "$NS" link set lo up
