@@ -339,6 +339,17 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
         }
         let mut idle_passes = 0;
         loop {
+            if !pass_needed(&shared, sender.head.manifest.extents.len()) {
+                // Every client holds every chunk and is still writing or
+                // verifying: a pass would send nothing (and, repeated,
+                // spin). Wait for a report of a gap, a new client or a
+                // stop instead.
+                idle_wait(&shared);
+                if crate::signals::check().is_err() {
+                    break;
+                }
+                continue;
+            }
             sender.pass += 1;
             println!("Starting stream {}", crate::util::now_rfc3339());
             let restoring = stream_pass(&mut sender, &shared)?;
@@ -391,6 +402,23 @@ fn stream_pass(sender: &mut Sender, shared: &Shared) -> Result<bool> {
         );
     }
     Ok(restoring)
+}
+
+/// Whether a pass would send anything: some client lacks a chunk, or no
+/// client is connected (the stream runs for whoever joins).
+fn pass_needed(shared: &Shared, chunks: usize) -> bool {
+    let st = shared.lock();
+    st.peers.is_empty()
+        || st
+            .peers
+            .values()
+            .any(|p| (0..chunks as u32).any(|i| p.needs(i)))
+}
+
+/// Waits a little for news from the clients (an arrival wakes it early).
+fn idle_wait(shared: &Shared) {
+    let st = shared.lock();
+    let _ = shared.arrived.wait_timeout(st, Duration::from_millis(100));
 }
 
 /// Blocks until a client is connected and restoring; false when a signal
