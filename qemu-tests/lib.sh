@@ -44,6 +44,16 @@ uefi() {
     -drive "if=pflash,format=raw,file=$WORK/$1.vars"
 }
 
+# The guest's serial port: logged to $WORK/NAME.log, and when SERIAL_SOCKET
+# is set also a unix socket there for typing into it (qemu-tests/serial-menu).
+serial() {
+  if [ -n "${SERIAL_SOCKET:-}" ]; then
+    echo -chardev "socket,id=ser0,path=$SERIAL_SOCKET,server=on,wait=off,logfile=$WORK/$1.log" -serial chardev:ser0
+  else
+    echo -serial "file:$WORK/$1.log"
+  fi
+}
+
 # guest NAME SECONDS QEMU-ARGS...: runs a guest to its end with the serial
 # console in $WORK/NAME.log; fails when it outlives SECONDS.
 guest() {
@@ -51,7 +61,7 @@ guest() {
   shift 2
   say "guest $name: starting"
   # shellcheck disable=SC2046
-  if ! timeout -k 5 "$secs" "${GUEST_PREFIX[@]}" $(qemu_cmd) -serial "file:$WORK/$name.log" "$@" </dev/null >"$WORK/$name.qemu" 2>&1; then
+  if ! timeout -k 5 "$secs" "${GUEST_PREFIX[@]}" $(qemu_cmd) $(serial "$name") "$@" </dev/null >"$WORK/$name.qemu" 2>&1; then
     tail -5 "$WORK/$name.qemu" >&2 || true
     tail -30 "$WORK/$name.log" >&2 || true
     fail "guest $name did not end by itself within ${secs}s"
@@ -66,7 +76,7 @@ guest_bg() {
   shift 2
   say "guest $name: starting"
   # shellcheck disable=SC2046
-  timeout -k 5 "$secs" "${GUEST_PREFIX[@]}" $(qemu_cmd) -serial "file:$WORK/$name.log" "$@" </dev/null >"$WORK/$name.qemu" 2>&1 &
+  timeout -k 5 "$secs" "${GUEST_PREFIX[@]}" $(qemu_cmd) $(serial "$name") "$@" </dev/null >"$WORK/$name.qemu" 2>&1 &
   guest_pid=$!
   on_exit "kill $guest_pid 2>/dev/null"
 }

@@ -287,7 +287,10 @@ pub fn auto_target<'a>(disks: &'a [Disk], boot: Option<&str>) -> Result<&'a Disk
 /// The filesystem labels the boot stick's partitions carry (image-build
 /// makes them; FAT and exFAT labels hold at most 11 characters). A disk
 /// with one of them is the rescue system's own medium.
-pub const STICK_LABELS: [&str; 2] = ["REIMAGEBOOT", "REIMAGEDATA"];
+pub const STICK_LABELS: [&str; 2] = [BOOT_LABEL, "REIMAGEDATA"];
+
+/// The stick's EFI system partition: boot loaders, kernel, initramfs.
+pub const BOOT_LABEL: &str = "REIMAGEBOOT";
 
 /// Fills in every partition's label by reading its superblock under `dev`
 /// (/dev).

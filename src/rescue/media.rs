@@ -16,14 +16,20 @@ use crate::blockdev::Mount;
 /// per partition name.
 pub const MEDIA_DIR: &str = "/run/reimage/media";
 
-/// The devices that may hold a filesystem: the partitions, or the disk
-/// itself when it has none (a stick formatted without a table).
-pub fn device_names(disk: &Disk) -> Vec<String> {
+/// The devices that may hold images: the partitions, or the disk itself
+/// when it has none (a stick formatted without a table). Not the boot
+/// stick's REIMAGEBOOT partition: it holds the rescue system's own kernel
+/// and initramfs (which look like a compressed raw image), never images.
+/// Labels must have been probed (`disks::probe_labels`).
+fn device_names(disk: &Disk) -> Vec<String> {
     if disk.partitions.is_empty() {
-        vec![disk.name.clone()]
-    } else {
-        disk.partitions.iter().map(|p| p.name.clone()).collect()
+        return vec![disk.name.clone()];
     }
+    disk.partitions
+        .iter()
+        .filter(|p| p.label.as_deref() != Some(disks::BOOT_LABEL))
+        .map(|p| p.name.clone())
+        .collect()
 }
 
 /// A block device's "MAJ:MIN", as mountinfo names what is mounted.
@@ -157,6 +163,35 @@ pub fn stick_file(sys: &Path, rel: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rescue::disks::{Partition, Transport};
+
+    #[test]
+    fn the_boot_partition_is_never_searched_for_images() {
+        let part = |n: u32, label: Option<&str>| Partition {
+            name: format!("sda{n}"),
+            number: n,
+            start: u64::from(n) << 20,
+            size: 1 << 20,
+            label: label.map(str::to_owned),
+        };
+        let mut stick = Disk {
+            name: "sda".into(),
+            path: "/dev/sda".into(),
+            size: 8 << 30,
+            model: None,
+            serial: None,
+            transport: Transport::Usb,
+            removable: true,
+            read_only: false,
+            rotational: false,
+            partitions: vec![part(1, Some("REIMAGEBOOT")), part(2, Some("REIMAGEDATA"))],
+        };
+        assert_eq!(device_names(&stick), ["sda2"]);
+        stick.partitions[0].label = Some("EFI".into());
+        assert_eq!(device_names(&stick), ["sda1", "sda2"]);
+        stick.partitions.clear();
+        assert_eq!(device_names(&stick), ["sda"]);
+    }
 
     #[test]
     fn filesystems_are_told_by_their_superblocks() {
