@@ -52,7 +52,16 @@ fn rescue(cmdline: &str, input: &str, dir: &Path) -> Ended {
             "--propagation",
             "private",
         ])
-        .args(["--pid", "--fork", "--mount-proc", "--net", "sh", "-c"])
+        // --uts: PID 1 names the machine (sethostname), this one's own.
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--net",
+            "--uts",
+            "sh",
+            "-c",
+        ])
         .arg(
             "mount -t sysfs sysfs /sys && \
              { [ ! -d /lib/modules ] || mount --bind \"$2\" /lib/modules; } && \

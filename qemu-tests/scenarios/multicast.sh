@@ -68,6 +68,10 @@ say "datagrams dropped on the late guest's link: $dropped"
 ((dropped > 0)) || fail "no datagram was dropped: the loss rule did not apply"
 grep -q "finished (" "$WORK/server.log" || fail "the server saw no client finish"
 grep "finished (" "$WORK/server.log"
+# The rescue system names each machine after its MAC, so the room's log
+# tells them apart.
+grep -q "Client reimage-770001 .*finished (" "$WORK/server.log" || fail "no finish line for reimage-770001"
+grep -q "Client reimage-770002 .*finished (" "$WORK/server.log" || fail "no finish line for reimage-770002"
 # Every pass sent data: while the guests verify (slowly, under TCG) after
 # holding every chunk, the server must wait, not spin through empty passes.
 starts=$(grep -c "Starting stream" "$WORK/server.log")

@@ -182,7 +182,12 @@ impl Rescue {
         if let Err(e) = net::link_up("lo") {
             self.say(&format!("warning: {e:#}"));
         }
-        let nics = net::wired_nics(Path::new("/sys/class/net"));
+        let class_net = Path::new("/sys/class/net");
+        let nics = net::wired_nics(class_net);
+        let name = net::machine_name(class_net, &nics);
+        if let Err(e) = nix::unistd::sethostname(&name) {
+            self.say(&format!("warning: naming this machine {name}: {e}"));
+        }
         if nics.is_empty() {
             self.say("no wired network interface");
             return;
@@ -194,7 +199,7 @@ impl Rescue {
         }
         let mut started = Vec::new();
         for nic in &nics {
-            let up = net::link_up(nic).and_then(|()| net::start_dhcp(nic, script));
+            let up = net::link_up(nic).and_then(|()| net::start_dhcp(nic, script, &name));
             match up {
                 Ok(()) => started.push(nic.clone()),
                 Err(e) => self.say(&format!("warning: {nic}: {e:#}")),

@@ -62,6 +62,22 @@ pub fn wired_nics(class_net: &Path) -> Vec<String> {
     nics
 }
 
+/// The machine's name in the rescue system: "reimage-" and the last three
+/// bytes of the first wired NIC's MAC address ("reimage-770001"), so the
+/// server's log and the DHCP leases tell a room's machines apart. Just
+/// "reimage" without a NIC.
+pub fn machine_name(class_net: &Path, nics: &[String]) -> String {
+    let mac = nics
+        .first()
+        .and_then(|n| std::fs::read_to_string(class_net.join(n).join("address")).ok())
+        .map(|a| a.trim().to_ascii_lowercase())
+        .filter(|a| a.len() == 17);
+    match mac {
+        Some(a) => format!("reimage-{}", a[9..].replace(':', "")),
+        None => "reimage".to_owned(),
+    }
+}
+
 /// Sets IFF_UP on an interface (what `ip link set NAME up` does).
 pub fn link_up(name: &str) -> Result<()> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
@@ -106,14 +122,15 @@ pub fn link_up(name: &str) -> Result<()> {
 /// Starts udhcpc on `nic` with `script`. It keeps running (renewing the
 /// lease) after it forks into the background; PID 1 reaps it whenever it
 /// ends. Fails when there is no udhcpc.
-pub fn start_dhcp(nic: &str, script: &Path) -> Result<()> {
+pub fn start_dhcp(nic: &str, script: &Path, hostname: &str) -> Result<()> {
     Command::new("udhcpc")
         .env("PATH", super::PATH)
         .args(["-i", nic, "-s"])
         .arg(script)
         // Try for 3 × 2 s, then keep trying in the background: a cable
         // plugged in later still gets an address.
-        .args(["-b", "-t", "3", "-T", "2", "-x", "hostname:reimage"])
+        .args(["-b", "-t", "3", "-T", "2", "-x"])
+        .arg(format!("hostname:{hostname}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -159,6 +176,20 @@ pub fn await_addresses(nics: &[String], limit: Duration) -> BTreeMap<String, Ipv
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_machine_is_named_after_its_first_nic() {
+        let t = tempfile::tempdir().unwrap();
+        let eth0 = t.path().join("eth0");
+        std::fs::create_dir_all(&eth0).unwrap();
+        std::fs::write(eth0.join("address"), "52:54:00:AB:cd:01\n").unwrap();
+        let nics = ["eth0".to_owned(), "eth1".to_owned()];
+        assert_eq!(machine_name(t.path(), &nics), "reimage-abcd01");
+        assert_eq!(machine_name(t.path(), &nics[1..]), "reimage");
+        assert_eq!(machine_name(t.path(), &[]), "reimage");
+        std::fs::write(eth0.join("address"), "garbage\n").unwrap();
+        assert_eq!(machine_name(t.path(), &nics), "reimage");
+    }
 
     fn nic(root: &Path, name: &str, kind: &str, device: bool, extra: Option<&str>) {
         let dir = root.join(name);
