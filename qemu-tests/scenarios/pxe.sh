@@ -44,7 +44,7 @@ done
 say "netboot-server is up"
 
 # Guests are iPXE already; machines with a plain PXE ROM get iPXE over TFTP.
-in_ns curl -sS "tftp://10.77.0.1/undionly.kpxe" -o "$WORK/undionly.kpxe"
+in_ns busybox tftp -g -r undionly.kpxe -l "$WORK/undionly.kpxe" 10.77.0.1
 cmp "$WORK/undionly.kpxe" "$MEDIA/pxe/undionly.kpxe" || fail "TFTP served a wrong undionly.kpxe"
 
 for fw in bios uefi; do
