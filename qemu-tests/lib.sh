@@ -126,15 +126,22 @@ boot_restored() {
   expect_log "$1" "reimage-test-os: up (testos=restored-ok)"
 }
 
+# namespace NAME: an empty network namespace with lo up. When the scenario
+# ends, whatever still runs in it (all started by this scenario) is
+# stopped and the namespace removed.
+namespace() {
+  ip netns add "$1"
+  on_exit "ip netns pids $1 | xargs -r kill; sleep 0.5; ip netns pids $1 | xargs -r kill -9; ip netns del $1"
+  ip -n "$1" link set lo up
+}
+
 # netns NAME: a network namespace with a bridge br0 at 10.77.0.1/24
 # (multicast snooping off: every port hears every group), lo up, where the
 # guests started from now on run. Removed when the scenario ends.
 netns() {
   NS=$1
   GUEST_PREFIX=(ip netns exec "$NS")
-  ip netns add "$NS"
-  on_exit "ip netns del $NS"
-  ip -n "$NS" link set lo up
+  namespace "$NS"
   ip -n "$NS" link add br0 type bridge mcast_snooping 0
   ip -n "$NS" addr add 10.77.0.1/24 dev br0
   ip -n "$NS" link set br0 up
@@ -146,13 +153,15 @@ tap() {
   ip -n "$NS" link set "$1" master br0 up
 }
 
-# in_ns CMD...: runs CMD in $NS.
+# in_ns CMD...: runs CMD in $NS. To run one in the background, use
+# `ip netns exec "$NS" CMD &` instead: then $! is CMD itself, not a
+# subshell whose end would leave CMD running.
 in_ns() { ip netns exec "$NS" "$@"; }
 
 # dhcp_server: dnsmasq handing out 10.77.0.100-199 on br0 (no DNS, no
 # boot files): the site's own DHCP server.
 dhcp_server() {
-  in_ns dnsmasq --keep-in-foreground --port=0 --interface=br0 --bind-interfaces \
+  ip netns exec "$NS" dnsmasq --keep-in-foreground --port=0 --interface=br0 --bind-interfaces \
     --dhcp-range=10.77.0.100,10.77.0.199,1h --dhcp-leasefile="$WORK/leases" \
     --pid-file="$WORK/dnsmasq.pid" --log-facility="$WORK/dnsmasq.log" --log-dhcp &
   on_exit "kill $! 2>/dev/null"

@@ -35,7 +35,7 @@ cat >"$WORK/server.plist" <<PLIST
   <key>DNS Service Discovery</key><false/>
 </dict></plist>
 PLIST
-in_ns "$BIN" server --source "$TESTOS_IMAGE" --config "$WORK/server.plist" --interface br0 >"$WORK/server.log" 2>&1 &
+ip netns exec "$NS" "$BIN" server --source "$TESTOS_IMAGE" --config "$WORK/server.plist" --interface br0 >"$WORK/server.log" 2>&1 &
 server=$!
 on_exit "kill $server 2>/dev/null"
 for _ in $(seq 50); do grep -q "Ready to start accepting clients" "$WORK/server.log" && break; sleep 0.2; done

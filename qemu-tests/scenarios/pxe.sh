@@ -17,16 +17,12 @@ tap ptap0
 # The site's DHCP server has its own address, as a real one would: its NIC
 # (named br0, which dhcp_server serves) sits in rq-pxe-site at 10.77.0.2.
 site=rq-pxe-site
-ip netns add "$site"
-on_exit "ip netns del $site"
-ip -n "$site" link set lo up
+namespace "$site"
 ip -n "$NS" link add site0 type veth peer name br0 netns "$site"
 ip -n "$NS" link set site0 master br0 up
 ip -n "$site" addr add 10.77.0.2/24 dev br0
 ip -n "$site" link set br0 up
 NS=$site dhcp_server
-# dhcp_server's own cleanup stops only the shell around dnsmasq.
-on_exit "kill \$(cat $WORK/dnsmasq.pid) 2>/dev/null"
 
 REIMAGE=$BIN ip netns exec "$NS" "$TOP/scripts/netboot-server" --interface br0 \
   --images "$(dirname "$TESTOS_IMAGE")" --pxe "$MEDIA/pxe" --port "$port" --stream "$TESTOS_IMAGE" \
