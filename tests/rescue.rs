@@ -8,10 +8,11 @@
 
 mod common;
 
+use std::io::Read;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 use common::*;
 
@@ -40,9 +41,23 @@ struct Ended {
 
 /// Boots the rescue system with `cmdline`, typing `input` on its console.
 fn rescue(cmdline: &str, input: &str, dir: &Path) -> Ended {
+    let mut child = boot(cmdline, dir);
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    ended(String::from_utf8_lossy(&o.stdout).into_owned(), o.status)
+}
+
+/// Starts the rescue system with `cmdline` as PID 1 of its namespaces;
+/// its console is the child's stdin and stdout.
+fn boot(cmdline: &str, dir: &Path) -> Child {
     let empty = dir.join("no-modules");
     std::fs::create_dir_all(&empty).unwrap();
-    let mut child = Command::new("timeout")
+    Command::new("timeout")
         .args([
             "-k",
             "5",
@@ -72,19 +87,23 @@ fn rescue(cmdline: &str, input: &str, dir: &Path) -> Ended {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("starting unshare");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        .expect("starting unshare")
+}
+
+fn ended(out: String, status: ExitStatus) -> Ended {
     // util-linux unshare ends itself with the signal that ended its child.
-    let (signal, code) = (o.status.signal(), o.status.code());
+    let (signal, code) = (status.signal(), status.code());
     assert_ne!(code, Some(124), "the rescue system hung:\n{out}");
     Ended { signal, code, out }
+}
+
+/// The only child of process `pid`.
+fn child_of(pid: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    children
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("children of {pid}: {children:?}"))
 }
 
 fn assert_lines(out: &str, wanted: &[&str]) {
@@ -206,6 +225,56 @@ fn a_failed_restore_does_not_reboot_and_leaves_the_disk_empty() {
         ],
     );
     assert_empty_gpt(target.path());
+}
+
+/// busybox `reboot` and `poweroff` (typed in the tty2 shell, say) signal
+/// PID 1 with SIGTERM and SIGUSR2; PID 1 honours them whatever it is
+/// blocked in: here, reading the answer to its question.
+#[test]
+fn busybox_reboot_and_poweroff_end_the_system() {
+    let dir = scratch();
+    for (sig, want, said) in [
+        (
+            libc::SIGTERM,
+            libc::SIGHUP,
+            "reimage: rebooting (asked by a signal: reboot)",
+        ),
+        (
+            libc::SIGUSR2,
+            libc::SIGINT,
+            "reimage: powering off (asked by a signal: poweroff or halt)",
+        ),
+    ] {
+        // No source: the menu starts, finds no terminal and ends, so PID 1
+        // asks what next and waits for a line that never comes.
+        let mut child = boot("reimage.shell=0", dir.path());
+        let mut stdout = child.stdout.take().unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&out).contains("[m]enu, [s]hell") {
+            let n = stdout.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "ended before asking:\n{}",
+                String::from_utf8_lossy(&out)
+            );
+            out.extend_from_slice(&buf[..n]);
+        }
+        let pid1 = child_of(child_of(child.id()));
+        // SAFETY: kill(2) on a process this test started.
+        assert_eq!(unsafe { libc::kill(pid1 as i32, sig) }, 0);
+        stdout.read_to_end(&mut out).unwrap();
+        let status = child.wait().unwrap();
+        let end = ended(String::from_utf8_lossy(&out).into_owned(), status);
+        assert_eq!(
+            end.signal,
+            Some(want),
+            "signal {sig}: {:?}\n{}",
+            end.code,
+            end.out
+        );
+        assert!(end.out.contains(said), "{}", end.out);
+    }
 }
 
 #[test]

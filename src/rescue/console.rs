@@ -4,7 +4,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -37,19 +38,18 @@ pub fn devices(consoles: &[String]) -> Vec<PathBuf> {
     out
 }
 
-/// Lines to every console. Opened once; a console that cannot be opened
-/// is left out (a `console=ttyS1` on a machine without that port must not
-/// silence the others). With none open, stdout — the kernel's
-/// /dev/console — gets them.
+/// Lines to every console. A console that cannot be opened is left out (a
+/// `console=ttyS1` on a machine without that port must not silence the
+/// others). With none open, stdout — the kernel's /dev/console — gets them.
 pub struct Consoles {
-    outs: Mutex<Vec<File>>,
+    outs: Mutex<Vec<(PathBuf, File)>>,
 }
 
 impl Consoles {
     pub fn open(devices: &[PathBuf]) -> Consoles {
         let outs = devices
             .iter()
-            .filter_map(|d| OpenOptions::new().write(true).open(d).ok())
+            .filter_map(|d| Some((d.clone(), open_console(d)?)))
             .collect();
         Consoles {
             outs: Mutex::new(outs),
@@ -73,10 +73,29 @@ impl Consoles {
             let _ = out.write_all(text.as_bytes());
             let _ = out.flush();
         }
-        for out in outs.iter_mut() {
-            let _ = out.write_all(text.as_bytes());
+        for (path, out) in outs.iter_mut() {
+            if out.write_all(text.as_bytes()).is_ok() {
+                continue;
+            }
+            // When a session leader on this tty (the menu, a console shell)
+            // exits, the kernel hangs the tty up and every file open on it
+            // fails from then on (EIO). A fresh open works again.
+            if let Some(fresh) = open_console(path) {
+                *out = fresh;
+                let _ = out.write_all(text.as_bytes());
+            }
         }
     }
+}
+
+/// Opened without becoming its controlling terminal: PID 1 must not own
+/// the console that the menu and shells take as theirs.
+fn open_console(path: &Path) -> Option<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(path)
+        .ok()
 }
 
 /// Turns the `--puppetstrings` lines of a `reimage restore` child into the

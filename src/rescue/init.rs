@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 
@@ -76,7 +77,13 @@ pub fn run(opts: Options) -> Result<std::convert::Infallible> {
             "rescue runs only as PID 1 (the initramfs's /init, or under `unshare --pid --fork --mount-proc`)"
         );
     }
+    // Before any thread starts, so that every thread inherits the mask
+    // and only the waiter below receives these signals.
+    let requests = end_requests();
+    requests.thread_block()?;
     let mut rescue = Rescue::boot(&opts);
+    let consoles = Arc::clone(&rescue.consoles);
+    std::thread::spawn(move || end_on_request(requests, &consoles));
     let mut next = if rescue.params.unattended() {
         Next::Unattended
     } else {
@@ -92,6 +99,38 @@ pub fn run(opts: Options) -> Result<std::convert::Infallible> {
                 .unwrap_or("unknown panic");
             Next::Ask(format!("internal error: {what}"))
         });
+    }
+}
+
+/// What busybox `reboot`, `poweroff` and `halt` send to PID 1: SIGTERM,
+/// SIGUSR2 and SIGUSR1 (init has no default action for them, so without
+/// this they would do nothing).
+fn end_requests() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGUSR1, Signal::SIGUSR2] {
+        set.add(sig);
+    }
+    set
+}
+
+/// Honours those requests from a thread of its own, whatever the
+/// supervisor is blocked in (a prompt, a child's end). Children get an
+/// empty signal mask from `Command::spawn`, so a shell's Ctrl-C still works.
+fn end_on_request(requests: SigSet, consoles: &Consoles) {
+    loop {
+        let (how, said) = match requests.wait() {
+            Ok(Signal::SIGTERM) => (End::Reboot, "rebooting (asked by a signal: reboot)"),
+            // halt: there is nothing to halt for in a RAM-only system.
+            Ok(_) => (
+                End::PowerOff,
+                "powering off (asked by a signal: poweroff or halt)",
+            ),
+            Err(_) => continue,
+        };
+        consoles.line(said);
+        if let Err(e) = system::end(how, Duration::from_secs(3)) {
+            consoles.line(&format!("warning: {e:#}"));
+        }
     }
 }
 
@@ -573,19 +612,18 @@ fn menu_args(p: &Params, cacert: Option<&Path>) -> Vec<String> {
 /// This very binary, with the environment every child gets.
 fn self_command() -> Command {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
-    with_env(Command::new(exe))
+    with_env(super::command(exe))
 }
 
 fn shell_command() -> Command {
-    let mut sh = with_env(Command::new("/bin/sh"));
+    let mut sh = with_env(super::command("/bin/sh"));
     sh.arg("-l");
     sh
 }
 
 /// The kernel starts init with almost no environment.
 fn with_env(mut cmd: Command) -> Command {
-    cmd.env("PATH", super::PATH)
-        .env("HOME", "/root")
+    cmd.env("HOME", "/root")
         .env_remove("LINES")
         .env_remove("COLUMNS");
     cmd

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -123,8 +123,7 @@ pub fn link_up(name: &str) -> Result<()> {
 /// lease) after it forks into the background; PID 1 reaps it whenever it
 /// ends. Fails when there is no udhcpc.
 pub fn start_dhcp(nic: &str, script: &Path, hostname: &str) -> Result<()> {
-    Command::new("udhcpc")
-        .env("PATH", super::PATH)
+    super::command("udhcpc")
         .args(["-i", nic, "-s"])
         .arg(script)
         // Try for 3 × 2 s, then keep trying in the background: a cable
@@ -235,7 +234,11 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let path = t.path().join("s");
         std::fs::write(&path, DHCP_SCRIPT).unwrap();
-        let st = Command::new("sh").arg("-n").arg(&path).status().unwrap();
+        let st = std::process::Command::new("sh")
+            .arg("-n")
+            .arg(&path)
+            .status()
+            .unwrap();
         assert!(st.success());
     }
 }
