@@ -135,6 +135,13 @@ namespace() {
   ip -n "$1" link set lo up
 }
 
+# isolated NAME: guests started from now on run in an empty namespace of
+# their own (they have no NIC; nothing they do can reach the host's).
+isolated() {
+  namespace "$1"
+  GUEST_PREFIX=(ip netns exec "$1")
+}
+
 # netns NAME: a network namespace with a bridge br0 at 10.77.0.1/24
 # (multicast snooping off: every port hears every group), lo up, where the
 # guests started from now on run. Removed when the scenario ends.

@@ -9,6 +9,8 @@
 # shellcheck source=qemu-tests/lib.sh
 . "$TOP/qemu-tests/lib.sh"
 
+isolated rq-menu
+
 blank_disk "$WORK/nvme.img" 128
 export SERIAL_SOCKET=$WORK/serial.sock
 guest_bg menu 400 -machine q35 \

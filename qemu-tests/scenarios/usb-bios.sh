@@ -4,6 +4,8 @@
 # shellcheck source=qemu-tests/lib.sh
 . "$TOP/qemu-tests/lib.sh"
 
+isolated rq-usb-bios
+
 blank_disk "$WORK/sata.img" 160
 guest usb-bios 300 -machine q35 \
   -drive "file=$MEDIA/reimage-usb.img,if=none,id=stick,format=raw,snapshot=on" \

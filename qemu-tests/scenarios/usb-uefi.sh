@@ -7,6 +7,8 @@
 # shellcheck source=qemu-tests/lib.sh
 . "$TOP/qemu-tests/lib.sh"
 
+isolated rq-usb-uefi
+
 blank_disk "$WORK/stick.img" 512
 loop=$(losetup --find --show --partscan "$WORK/stick.img")
 on_exit "losetup -d $loop"
