@@ -3,9 +3,10 @@
 # initramfs given to QEMU directly) with no reimage.source, so the menu
 # shows on ttyS0. The boot stick is plugged in (not booted): the menu lists
 # its image, offers the NVMe disk and not the stick; the test picks both,
-# types the disk's name, waits for the verified restore, opens the shell
-# from the done screen and powers off with busybox's poweroff (which asks
-# PID 1 by a signal). The host checks the disk.
+# types the disk's name, waits for the verified restore and powers off from
+# the done screen. The host checks the disk. (busybox's poweroff from the
+# shell is tested against the real PID 1 in tests/rescue.rs: typed into
+# ash over this serial line, its Enter was sometimes lost.)
 # shellcheck source=qemu-tests/lib.sh
 . "$TOP/qemu-tests/lib.sh"
 
@@ -19,16 +20,13 @@ guest_bg menu 400 -machine q35 \
   -device qemu-xhci -device usb-storage,drive=stick \
   -drive "file=$WORK/nvme.img,if=none,id=target,format=raw" -device nvme,serial=target1,drive=target
 pid=$guest_pid
-# shellcheck disable=SC2016 # $((6*7)) is for the guest's shell
 "$TOP/qemu-tests/serial-menu" "$SERIAL_SOCKET" \
   "wait:Step 1 of 3: choose an image:240" "wait:> testos:60" "wait:1 image:10" "send:\r" \
   "wait:Step 2 of 3: choose the disk to erase:30" "wait:nvme0n1:30" "send:\r" \
   "wait:Step 3 of 3: confirm erasing the disk:30" "send:nvme0n1\r" \
-  "wait:The restore is complete.:240" "wait:Verified  yes:10" "send:{end}" "send:\r" \
-  "wait:reimage:/#:60" 'send:echo $((6*7))\r' "wait:42:10" "send:poweroff\r" \
+  "wait:The restore is complete.:240" "wait:Verified  yes:10" "send:{down}" "send:\r" \
   >"$WORK/screen.txt" || { cat "$WORK/screen.txt"; fail "the menu did not go as expected"; }
 cat "$WORK/screen.txt"
 wait_guest menu "$pid"
-expect_log menu "reimage: powering off (asked by a signal: poweroff or halt)"
 expect_log menu "reboot: Power down"
 check_restored "$WORK/nvme.img"
