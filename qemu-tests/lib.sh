@@ -54,21 +54,6 @@ serial() {
   fi
 }
 
-# guest NAME SECONDS QEMU-ARGS...: runs a guest to its end with the serial
-# console in $WORK/NAME.log; fails when it outlives SECONDS.
-guest() {
-  local name=$1 secs=$2
-  shift 2
-  say "guest $name: starting"
-  # shellcheck disable=SC2046
-  if ! timeout -k 5 "$secs" "${GUEST_PREFIX[@]}" $(qemu_cmd) $(serial "$name") "$@" </dev/null >"$WORK/$name.qemu" 2>&1; then
-    tail -5 "$WORK/$name.qemu" >&2 || true
-    tail -30 "$WORK/$name.log" >&2 || true
-    fail "guest $name did not end by itself within ${secs}s"
-  fi
-  say "guest $name: ended"
-}
-
 # guest_bg NAME SECONDS QEMU-ARGS...: the same in the background; the PID
 # is in $guest_pid. `wait_guest NAME PID` collects it.
 guest_bg() {
@@ -87,6 +72,13 @@ wait_guest() {
     fail "guest $1 did not end by itself in time"
   fi
   say "guest $1: ended"
+}
+
+# guest NAME SECONDS QEMU-ARGS...: runs a guest to its end with the serial
+# console in $WORK/NAME.log; fails when it outlives SECONDS.
+guest() {
+  guest_bg "$@"
+  wait_guest "$1" "$guest_pid"
 }
 
 # expect_log NAME TEXT: the guest's serial log holds TEXT.

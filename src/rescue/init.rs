@@ -447,29 +447,19 @@ impl Rescue {
         let Some(rel) = source.strip_prefix("stick:") else {
             return Ok(source);
         };
-        let deadline = Instant::now() + TARGET_WAIT;
-        loop {
-            match media::stick_file(Path::new("/sys"), rel) {
-                Ok(path) => return Ok(path.display().to_string()),
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(500)),
-            }
-        }
+        when_present(|| media::stick_file(Path::new("/sys"), rel))
+            .map(|path| path.display().to_string())
     }
 
     /// `auto`, or a path that may take a while to appear.
     fn resolve_target(&self, spec: &TargetSpec) -> Result<PathBuf> {
         match spec {
-            TargetSpec::Path(p) => {
-                let deadline = Instant::now() + TARGET_WAIT;
-                while !p.exists() {
-                    if Instant::now() >= deadline {
-                        bail!("reimage.target={}: no such device", p.display());
-                    }
-                    std::thread::sleep(Duration::from_millis(250));
+            TargetSpec::Path(p) => when_present(|| {
+                if !p.exists() {
+                    bail!("reimage.target={}: no such device", p.display());
                 }
                 Ok(p.clone())
-            }
+            }),
             TargetSpec::Auto => {
                 let mut all = disks::list(Path::new("/sys"))?;
                 disks::probe_labels(&mut all, Path::new("/dev"));
@@ -544,6 +534,20 @@ impl Rescue {
             bail!("the console gave end-of-file");
         }
         Ok(line)
+    }
+}
+
+/// Retries `attempt` until it succeeds or [`TARGET_WAIT`] has passed (a
+/// USB stick or a disk may appear after PID 1 first looks); then its last
+/// error stands.
+fn when_present<T>(mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = Instant::now() + TARGET_WAIT;
+    loop {
+        match attempt() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
     }
 }
 
