@@ -174,6 +174,10 @@ pub struct RestoreArgs {
     /// after the image (--erase replaces an existing file)
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
+    /// Restore only this volume of a .dmg that holds several: its number
+    /// (from 1) or its name
+    #[arg(long, value_name = "VOLUME")]
+    pub sourcevolume: Option<String>,
     /// Give up when no data has arrived for this many seconds (multicast;
     /// 0 = never)
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]

@@ -244,6 +244,7 @@ fn restore_cmd(a: reimage::cli::RestoreArgs, exact: bool) -> anyhow::Result<()> 
         timeout: (a.timeout > 0).then(|| std::time::Duration::from_secs(a.timeout)),
         name_in_dir: a.file.is_some(),
         stop: Default::default(),
+        volume: a.sourcevolume.clone(),
         pubkey: pubkey(a.pubkey.as_deref())?,
         http: reimage::source::HttpOptions {
             connections: a.connections as usize,

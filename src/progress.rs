@@ -62,6 +62,17 @@ pub trait ProgressSink: Send + Sync {
     fn stream(&self, _loss_percent: f64, _passes: u32) {}
 }
 
+/// Shows nothing: for library callers and tests that only want results.
+pub struct Quiet;
+
+impl ProgressSink for Quiet {
+    fn start(&self, _: Phase, _: u64) {}
+    fn update(&self, _: Phase, _: u64, _: u64) {}
+    fn finish(&self, _: Phase) {}
+    fn note(&self, _: &str) {}
+    fn detail(&self, _: &str) {}
+}
+
 /// Percent with one decimal, clamped to 100.
 fn percent(done: u64, total: u64) -> f64 {
     if total == 0 {

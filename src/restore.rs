@@ -56,6 +56,8 @@ pub struct RestoreOptions {
     pub name_in_dir: bool,
     /// Stops this restore (the target is erased, as on any failure).
     pub stop: crate::signals::Stop,
+    /// `--sourcevolume`: restore one volume of a .dmg.
+    pub volume: Option<String>,
 }
 
 impl Default for RestoreOptions {
@@ -75,6 +77,7 @@ impl Default for RestoreOptions {
             timeout: None,
             name_in_dir: false,
             stop: Default::default(),
+            volume: None,
         }
     }
 }
@@ -117,8 +120,10 @@ pub fn restore(
         piece_len: opts.buffer_size,
         http: opts.http.clone(),
         timeout: opts.timeout,
+        volume: opts.volume.clone(),
     };
-    let src = source::open(source_spec, &source_opts)?;
+    let mut src = source::open(source_spec, &source_opts)?;
+    src.check_before_writing(progress)?;
     if let Some(key) = &opts.pubkey {
         check_signature(source_spec, src.as_ref(), key, &source_opts)?;
         progress.detail(&format!("{source_spec}: signature verified"));
@@ -357,7 +362,7 @@ fn copy(
     // of (compressed) source consumed.
     let (total, by_source) = match (manifest, info.size, info.source_len) {
         (Some(m), _, _) => (m.stored_bytes(), false),
-        (None, Some(size), _) => (size, false),
+        (None, Some(size), _) => (info.stored.unwrap_or(size), false),
         (None, None, len) => (len.unwrap_or(0), true),
     };
     progress.detail(&format!(
@@ -767,15 +772,7 @@ pub(crate) fn hash_range(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Quiet;
-    impl ProgressSink for Quiet {
-        fn start(&self, _: Phase, _: u64) {}
-        fn update(&self, _: Phase, _: u64, _: u64) {}
-        fn finish(&self, _: Phase) {}
-        fn note(&self, _: &str) {}
-        fn detail(&self, _: &str) {}
-    }
+    use crate::progress::Quiet;
 
     /// A file target holding 3 MiB of a pattern, and the digests of its MiBs.
     fn target_with_pattern(dir: &Path) -> (Target, Vec<Digest>) {

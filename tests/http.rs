@@ -253,6 +253,48 @@ fn connections_cut_at_random_points_cost_nothing() {
     }
 }
 
+/// A .dmg is read from its end first (trailer, property list: two Range
+/// requests), then streamed; cut connections resume, and a server
+/// without ranges gets a clear refusal instead of a raw restore.
+#[test]
+fn a_dmg_restores_over_http_with_range_reads() {
+    let f = fixtures();
+    let dir = scratch();
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    let dmg = www.join("fs.dmg");
+    let generator = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/make-dmg");
+    sh(
+        generator,
+        &[
+            "--input",
+            s(&f.raw),
+            "--output",
+            s(&dmg),
+            "--codecs",
+            "zlib,lzfse",
+        ],
+    );
+    let nginx = Nginx::serve(&www, "");
+    let proxy = CuttingProxy::start(nginx.port, 64 << 10, 1 << 20);
+    let out = dir.path().join("out.img");
+    for (url, extra) in [
+        (nginx.url("fs.dmg"), &[][..]),
+        (proxy.url("fs.dmg"), &[][..]),
+        (nginx.url("fs.dmg"), &["--sourcevolume", "1"][..]),
+    ] {
+        let o = restore_url(&url, &out, extra);
+        assert!(o.status.success(), "{url} {extra:?}: {}", stderr(&o));
+        assert!(stdout(&o).contains("UDIF disk image"), "{}", stdout(&o));
+        assert_eq!(digest(&out), digest(&f.raw), "{url} {extra:?}");
+        std::fs::remove_file(&out).unwrap();
+    }
+    let no_ranges = Nginx::serve(&www, "max_ranges 0;");
+    let o = restore_url(&no_ranges.url("fs.dmg"), &out, &[]);
+    assert_fails_with(&o, "does not answer Range requests");
+    assert!(!out.exists());
+}
+
 #[test]
 fn redirects_are_followed() {
     let f = fixtures();

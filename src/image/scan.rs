@@ -64,7 +64,9 @@ fn scan_or_convert(
             if out == path {
                 bail!("--output must differ from the source image");
             }
-            let digest = if matches!(kind, Sniffed::Raw) {
+            // A .dmg (or an encrypted or sparse image, which the source
+            // refuses clearly) goes through the source like a compressed one.
+            let digest = if kind == Sniffed::Raw && !crate::source::is_apple_image(path)? {
                 create(path, &out, &opts.create, progress)?.digest
             } else {
                 convert_compressed(path, &out, opts, progress)?
@@ -84,7 +86,7 @@ fn default_output(path: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    for ext in [".gz", ".xz", ".zst", ".img", ".raw"] {
+    for ext in [".gz", ".xz", ".zst", ".img", ".raw", ".dmg"] {
         if let Some(s) = name.strip_suffix(ext) {
             name = s.to_owned();
         }
@@ -92,9 +94,10 @@ fn default_output(path: &Path) -> PathBuf {
     path.with_file_name(format!("{name}.rimg"))
 }
 
-/// Decompresses into a sparse scratch file beside the output (zero blocks
-/// become holes), then captures that like any raw disk, so the prepared
-/// image gets the filesystem-aware block map too.
+/// Decompresses (or decodes a .dmg) into a sparse scratch file beside the
+/// output (zero blocks and a .dmg's free space become holes), then
+/// captures that like any raw disk, so the prepared image gets the
+/// filesystem-aware block map too.
 fn convert_compressed(
     path: &Path,
     out: &Path,

@@ -17,22 +17,24 @@ pub trait SeqRead: std::io::Read + Send {
     /// Moves forward to `offset`, never backwards. The default reads and
     /// discards, which is what a network stream has to do.
     fn skip_to(&mut self, offset: u64) -> std::io::Result<()> {
-        let here = self.position();
-        if offset < here {
-            return Err(std::io::Error::other(
-                "internal: cannot seek a stream backwards",
-            ));
-        }
-        let gap = offset - here;
-        let skipped = std::io::copy(
-            &mut std::io::Read::take(&mut *self, gap),
-            &mut std::io::sink(),
-        )?;
-        if skipped < gap {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(())
+        skip_by_reading(self, offset)
     }
+}
+
+/// Moves `r` forward to `offset` by reading and discarding.
+pub fn skip_by_reading<R: SeqRead + ?Sized>(r: &mut R, offset: u64) -> std::io::Result<()> {
+    let here = r.position();
+    if offset < here {
+        return Err(std::io::Error::other(
+            "internal: cannot seek a stream backwards",
+        ));
+    }
+    let gap = offset - here;
+    let skipped = std::io::copy(&mut std::io::Read::take(&mut *r, gap), &mut std::io::sink())?;
+    if skipped < gap {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
 }
 
 /// Alignment of every I/O buffer, in bytes. O_DIRECT needs buffers aligned to

@@ -575,7 +575,7 @@ fn multicast_images(wait: Duration) -> Result<Vec<ImageEntry>> {
 
 /// File names the menu offers: prepared images and the raw images restore
 /// takes. Restore goes by content; the name only decides what to list.
-const IMAGE_SUFFIXES: [&str; 5] = [".rimg", ".img", ".img.gz", ".img.xz", ".img.zst"];
+const IMAGE_SUFFIXES: [&str; 6] = [".rimg", ".img", ".img.gz", ".img.xz", ".img.zst", ".dmg"];
 
 /// How deep below a directory images are looked for: a data partition is
 /// organised by hand (`images/lab/`), and an unbounded walk of a big disk
@@ -632,7 +632,8 @@ fn local_entry(path: &Path) -> Option<ImageEntry> {
         let len = std::fs::metadata(path).ok()?.len();
         (file_name, Some(len))
     } else {
-        // Compressed: the size is known only once decompressed.
+        // Compressed (or a .dmg): the size is known only once the image
+        // is opened, which listing does not do.
         (file_name, None)
     };
     Some(ImageEntry {

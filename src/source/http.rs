@@ -337,13 +337,64 @@ pub fn open(url: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
             client, &fetch_url, http, head,
         )?));
     }
-    super::from_stream(
-        url.to_owned(),
-        &head_bytes,
-        Box::new(stream),
-        total,
-        opts.piece_len,
-    )
+    // A UDIF image is known by its trailer: one more small ranged GET.
+    if let (true, Some(len)) = (ranged, total) {
+        let mut tail = HttpTail {
+            client: &client,
+            url: &fetch_url,
+            opts: http,
+        };
+        if super::dmg::has_trailer(&mut tail, len)? {
+            let (client, fetch_url, http) = (client.clone(), fetch_url.clone(), http.clone());
+            let opener = Box::new(move || -> Result<Box<dyn SeqRead>> {
+                Ok(Box::new(HttpStream {
+                    client: client.clone(),
+                    url: fetch_url.clone(),
+                    opts: http.clone(),
+                    resp: None,
+                    pos: 0,
+                    total: Some(len),
+                    resumable: true,
+                    probe: Vec::new(),
+                }))
+            });
+            let volume = opts.volume.as_deref();
+            let src = super::dmg::DmgSource::open(url.to_owned(), &mut tail, len, opener, volume)?;
+            return Ok(Box::new(src));
+        }
+    }
+    super::from_stream(url.to_owned(), &head_bytes, Box::new(stream), total, opts)
+}
+
+/// Ranged reads of a few known spans (a .dmg's trailer and property list).
+struct HttpTail<'a> {
+    client: &'a Client,
+    url: &'a str,
+    opts: &'a HttpOptions,
+}
+
+impl super::dmg::TailReader for HttpTail<'_> {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let end = offset + buf.len() as u64 - 1;
+        with_retries(self.opts, || {
+            let resp = get_range(self.client, self.url, offset, Some(end))?;
+            let got = crate::io::read_full(&mut resp.take(buf.len() as u64), buf);
+            match got {
+                Ok(n) if n == buf.len() => Ok(()),
+                Ok(n) => Err(FetchError::Retryable(anyhow!(
+                    "{}: got {n} of {} bytes at {offset}",
+                    self.url,
+                    buf.len()
+                ))),
+                Err(e) => Err(FetchError::Retryable(
+                    anyhow::Error::new(e).context(format!("fetching {}", self.url)),
+                )),
+            }
+        })
+    }
 }
 
 /// Fetches a small text file (a signature, a catalog, a CA bundle) of at
@@ -495,6 +546,17 @@ impl Read for HttpStream {
 impl SeqRead for HttpStream {
     fn position(&self) -> u64 {
         self.pos
+    }
+
+    /// A server that does ranges is asked for the new position instead of
+    /// sending the bytes in between.
+    fn skip_to(&mut self, offset: u64) -> std::io::Result<()> {
+        if !self.resumable || offset <= self.pos || (self.pos as usize) < self.probe.len() {
+            return crate::io::skip_by_reading(self, offset);
+        }
+        self.pos = offset;
+        self.resp = None;
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 //! in whatever order it reads them; the pipeline writes positionally, so
 //! order never matters for correctness.
 
+mod dmg;
 mod http;
 mod prepared;
 mod raw;
@@ -18,6 +19,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::image::format::{self, Codec, Content, Digest, ImageHead, Manifest};
 use crate::io::{AlignedBuf, DirectReader, open_read_direct};
+use crate::progress::ProgressSink;
 
 pub use http::{HttpOptions, fetch_small};
 pub use prepared::PreparedSource;
@@ -72,6 +74,9 @@ pub struct ImageInfo {
     pub source_len: Option<u64>,
     /// The image's signature, when the source brings it along (multicast).
     pub signature: Option<String>,
+    /// Bytes the pieces cover, when less than `size` (a .dmg's free space
+    /// is never written); progress counts against it.
+    pub stored: Option<u64>,
 }
 
 pub trait ChunkSource: Display + Send {
@@ -83,6 +88,11 @@ pub trait ChunkSource: Display + Send {
     /// Live reception figures, for sources that stream (multicast).
     fn stream_status(&self) -> Option<Arc<dyn StreamStatus>> {
         None
+    }
+    /// Reads the whole source once to check it before anything is written,
+    /// for formats whose checksums cover more than one piece (UDIF).
+    fn check_before_writing(&mut self, _progress: &dyn ProgressSink) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -125,6 +135,8 @@ pub struct SourceOptions {
     pub http: HttpOptions,
     /// Multicast: give up after this long without data (None: never).
     pub timeout: Option<std::time::Duration>,
+    /// `--sourcevolume`: restore only this volume of a .dmg.
+    pub volume: Option<String>,
 }
 
 impl Default for SourceOptions {
@@ -133,6 +145,7 @@ impl Default for SourceOptions {
             piece_len: 1 << 20,
             http: HttpOptions::default(),
             timeout: None,
+            volume: None,
         }
     }
 }
@@ -162,17 +175,34 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
         bail!("source {spec} is neither a file nor a block device");
     }
     let mut head = [0u8; SNIFF_LEN];
-    let n = crate::io::read_full(&mut File::open(path)?, &mut head)?;
-    let (file, direct) =
-        open_read_direct(path).with_context(|| format!("opening source {spec}"))?;
-    let reader = Box::new(DirectReader::new(file, direct, READ_BLOCK));
-    from_stream(
-        spec.to_owned(),
-        &head[..n],
-        reader,
-        Some(meta.len()),
-        opts.piece_len,
-    )
+    let mut file = File::open(path)?;
+    let n = crate::io::read_full(&mut file, &mut head)?;
+    let head = &head[..n];
+    // A .dmg's data fork may begin with any run, even an xz stream: the
+    // trailer decides before the first bytes do.
+    if sniff(head) != Sniffed::Prepared && dmg::has_trailer(&mut file, meta.len())? {
+        let path = path.to_owned();
+        let opener = Box::new(move || direct_stream(&path));
+        let volume = opts.volume.as_deref();
+        let src = dmg::DmgSource::open(spec.to_owned(), &mut file, meta.len(), opener, volume)?;
+        return Ok(Box::new(src));
+    }
+    let reader = direct_stream(path).with_context(|| format!("opening source {spec}"))?;
+    from_stream(spec.to_owned(), head, reader, Some(meta.len()), opts)
+}
+
+/// A local file read front to back with O_DIRECT where it works.
+fn direct_stream(path: &Path) -> Result<Box<dyn crate::io::SeqRead>> {
+    let (file, direct) = open_read_direct(path)?;
+    Ok(Box::new(DirectReader::new(file, direct, READ_BLOCK)))
+}
+
+impl dmg::TailReader for File {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.read_exact_at(buf, offset)
+            .context("the image ends early; it is truncated")
+    }
 }
 
 /// The detached signature beside a source (`SOURCE.minisig`), or None when
@@ -190,14 +220,42 @@ pub fn fetch_signature(spec: &str, opts: &SourceOptions) -> Result<Option<String
     }
 }
 
+/// True for a file in one of Apple's disk image formats (UDIF, or an
+/// encrypted or sparse image, which `open` refuses with a clear message).
+pub fn is_apple_image(path: &Path) -> Result<bool> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut head = [0u8; SNIFF_LEN];
+    let n = crate::io::read_full(&mut file, &mut head)?;
+    let len = file.metadata()?.len();
+    let head = &head[..n];
+    Ok(dmg::unsupported_kind(head).is_some()
+        || (sniff(head) != Sniffed::Prepared && dmg::has_trailer(&mut file, len)?))
+}
+
 /// A source over one sequential stream whose first bytes are `head`.
 fn from_stream(
     name: String,
     head: &[u8],
     reader: Box<dyn crate::io::SeqRead>,
     stream_len: Option<u64>,
-    piece_len: usize,
+    opts: &SourceOptions,
 ) -> Result<Box<dyn ChunkSource>> {
+    if let Some(kind) = dmg::unsupported_kind(head) {
+        bail!("{name} is {kind}");
+    }
+    // Restoring a damaged .dmg as a raw image would write garbage.
+    let path = name.split(['?', '#']).next().unwrap_or_default();
+    if sniff(head) == Sniffed::Raw && path.to_ascii_lowercase().ends_with(".dmg") {
+        bail!(
+            "{name} has no UDIF trailer (\"koly\") at its end: the file is truncated, or the server does not answer Range requests"
+        );
+    }
+    if let Some(v) = &opts.volume {
+        bail!(
+            "--sourcevolume {v}: {name} is not a .dmg; only UDIF images hold volumes to pick from"
+        );
+    }
+    let piece_len = opts.piece_len;
     let spec = |size, compression| RawSpec {
         name: name.clone(),
         size,

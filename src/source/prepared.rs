@@ -30,6 +30,7 @@ pub(crate) fn prepared_info(head: ImageHead) -> ImageInfo {
         source_len: Some(m.payload_area + m.payload_bytes()),
         head: Some(head),
         signature: None,
+        stored: None,
     }
 }
 

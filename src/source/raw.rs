@@ -99,6 +99,7 @@ impl RawSource {
             head: None,
             source_len: spec.stream_len,
             signature: None,
+            stored: None,
         };
         Ok(RawSource {
             name: spec.name,
