@@ -93,6 +93,8 @@ pub struct MulticastSource {
     decoded: Option<Receiver<(usize, Vec<u8>)>>,
     /// Chunks whose decoded payload failed the digest check: collect again.
     refused: Option<Sender<usize>>,
+    /// Payload buffers done with, back to the receiver for new chunks.
+    spare: Option<Sender<Vec<u8>>>,
     remaining: usize,
     dctx: zstd::bulk::Decompressor<'static>,
     done_sent: bool,
@@ -174,6 +176,7 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
         timeout: opts.timeout,
         decoded: None,
         refused: None,
+        spare: None,
         remaining: n,
         dctx: zstd::bulk::Decompressor::new()?,
         done_sent: false,
@@ -234,6 +237,7 @@ impl MulticastSource {
             .with_context(|| format!("joining {}:{} on {}", w.group, w.port, self.local))?;
         let (decoded_tx, decoded_rx) = bounded(4);
         let (refused_tx, refused_rx) = unbounded();
+        let (spare_tx, spare_rx) = bounded(SPARE_BUFFERS);
         let head = self
             .info
             .head
@@ -244,6 +248,7 @@ impl MulticastSource {
             assembler: Assembler::new(self.key, w.session, head, self.shared.clone()),
             decoded: decoded_tx,
             refused: refused_rx,
+            spare: spare_rx,
         };
         std::thread::Builder::new()
             .name("mcast-receive".into())
@@ -258,6 +263,7 @@ impl MulticastSource {
             .spawn(move || watch_control(&shared))?;
         self.decoded = Some(decoded_rx);
         self.refused = Some(refused_tx);
+        self.spare = Some(spare_tx);
         Ok(())
     }
 
@@ -354,6 +360,12 @@ impl ChunkSource for MulticastSource {
                 Codec::Zstd => std::mem::swap(&mut slot.input, &mut payload),
                 Codec::Stored => slot.data[..payload.len()].copy_from_slice(&payload),
             }
+            // The slot's old input (or the copied payload) collects a later
+            // chunk: fresh 1 MiB buffers cost page faults (a fifth of the
+            // receiver's CPU in a profile).
+            if let Some(spare) = &self.spare {
+                let _ = spare.try_send(payload);
+            }
             match crate::source::unpack_extent(&head.manifest, i, slot, &mut self.dctx) {
                 Ok(_) => {
                     self.remaining -= 1;
@@ -418,15 +430,97 @@ fn force_recv_buffer(s: &Socket, bytes: i32) -> std::io::Result<()> {
     }
 }
 
-/// The symbols of one chunk received so far.
+/// The symbols of one chunk received so far. Source symbols go straight
+/// into the padded payload, so a chunk whose source symbols all arrive
+/// (every chunk, without loss) needs no decoder and no per-symbol
+/// allocation; RaptorQ solves only for chunks that lost some.
 struct Collector {
-    decoder: SourceBlockDecoder,
-    seen: HashSet<u32>,
+    k: u32,
+    /// The padded payload, source symbols at their places.
+    data: Vec<u8>,
+    have: Vec<bool>,
+    sources: u32,
+    /// Repair symbol ids received (source ones are in `have`).
+    seen_repair: HashSet<u32>,
+    /// Created at the first decoding attempt, with every source symbol
+    /// received by then; later symbols go to `pending`.
+    decoder: Option<SourceBlockDecoder>,
     /// Symbols not yet given to the decoder: decoding is tried only when
     /// enough have come, since a failed attempt costs a whole solve.
     pending: Vec<EncodingPacket>,
     try_at: u32,
 }
+
+impl Collector {
+    /// A collector for a block of `k` symbols, in `buf`'s memory.
+    fn new(k: u32, mut buf: Vec<u8>) -> Collector {
+        buf.clear();
+        buf.resize(k as usize * SYMBOL_SIZE as usize, 0);
+        Collector {
+            k,
+            data: buf,
+            have: vec![false; k as usize],
+            sources: 0,
+            seen_repair: HashSet::new(),
+            decoder: None,
+            pending: Vec::new(),
+            try_at: k,
+        }
+    }
+
+    /// Takes symbol `esi`; returns the padded payload once it is complete.
+    fn add(&mut self, esi: u32, symbol: &[u8]) -> Option<Vec<u8>> {
+        let size = SYMBOL_SIZE as usize;
+        if esi < self.k {
+            let i = esi as usize;
+            if std::mem::replace(&mut self.have[i], true) {
+                return None;
+            }
+            self.data[i * size..(i + 1) * size].copy_from_slice(symbol);
+            self.sources += 1;
+            if self.sources == self.k {
+                return Some(std::mem::take(&mut self.data));
+            }
+        } else if !self.seen_repair.insert(esi) {
+            return None;
+        }
+        if esi >= self.k || self.decoder.is_some() {
+            self.pending
+                .push(EncodingPacket::new(PayloadId::new(0, esi), symbol.to_vec()));
+        }
+        let have = self.sources + self.seen_repair.len() as u32;
+        if have < self.try_at {
+            return None;
+        }
+        let decoder = match &mut self.decoder {
+            Some(d) => d,
+            None => {
+                // First attempt: the source symbols so far join the repair
+                // symbols (later ones are pushed as they come, above).
+                let (data, have) = (&self.data, &self.have);
+                self.pending
+                    .extend((0..self.k).filter(|&e| have[e as usize]).map(|e| {
+                        let at = e as usize * size;
+                        EncodingPacket::new(PayloadId::new(0, e), data[at..at + size].to_vec())
+                    }));
+                let len = self.data.len() as u64;
+                self.decoder
+                    .insert(SourceBlockDecoder::new(0, &fec::block_config(self.k), len))
+            }
+        };
+        match decoder.decode(self.pending.drain(..)) {
+            Some(data) => Some(data),
+            None => {
+                // Rank-deficient: a couple more symbols almost always do it.
+                self.try_at = have + 2;
+                None
+            }
+        }
+    }
+}
+
+/// Payload buffers kept for reuse between the restore and the receiver.
+const SPARE_BUFFERS: usize = 8;
 
 /// The receiver thread: datagrams in, decoded chunks out.
 struct ReceiveLoop {
@@ -434,6 +528,7 @@ struct ReceiveLoop {
     assembler: Assembler,
     decoded: Sender<(usize, Vec<u8>)>,
     refused: Receiver<usize>,
+    spare: Receiver<Vec<u8>>,
 }
 
 impl ReceiveLoop {
@@ -444,6 +539,11 @@ impl ReceiveLoop {
         while !shared.stop.load(Ordering::Relaxed) {
             while let Ok(i) = self.refused.try_recv() {
                 self.assembler.forget(i);
+            }
+            if self.assembler.spare.len() < SPARE_BUFFERS
+                && let Ok(buf) = self.spare.try_recv()
+            {
+                self.assembler.spare.push(buf);
             }
             let mut iov = [IoSliceMut::new(&mut buf)];
             let msg = match nix::sys::socket::recvmsg::<()>(
@@ -470,7 +570,7 @@ impl ReceiveLoop {
                     }
                 }
             }
-            if let Some(chunk) = self.assembler.take(&buf[..len])
+            if let Some(chunk) = self.assembler.take(&mut buf[..len])
                 && self.decoded.send(chunk).is_err()
             {
                 return;
@@ -483,7 +583,7 @@ impl ReceiveLoop {
 /// collects symbols per chunk and decodes a chunk once it has enough.
 /// No sockets here, so tests feed it datagrams directly.
 struct Assembler {
-    key: Key,
+    key: wire::DatagramKey,
     session: u64,
     head: ImageHead,
     shared: Arc<Shared>,
@@ -492,12 +592,14 @@ struct Assembler {
     collected: usize,
     first_seq: Option<u64>,
     first_pass: Option<u32>,
+    /// Buffers for new collectors.
+    spare: Vec<Vec<u8>>,
 }
 
 impl Assembler {
     fn new(key: Key, session: u64, head: ImageHead, shared: Arc<Shared>) -> Assembler {
         Assembler {
-            key,
+            key: wire::DatagramKey::new(&key),
             session,
             head,
             shared,
@@ -505,6 +607,7 @@ impl Assembler {
             collected: 0,
             first_seq: None,
             first_pass: None,
+            spare: Vec::new(),
         }
     }
 
@@ -514,7 +617,7 @@ impl Assembler {
     }
 
     /// Takes one datagram; returns a chunk's payload when it completes one.
-    fn take(&mut self, datagram: &[u8]) -> Option<(usize, Vec<u8>)> {
+    fn take(&mut self, datagram: &mut [u8]) -> Option<(usize, Vec<u8>)> {
         let (h, symbol) =
             wire::parse_symbol(&self.key, self.session, SYMBOL_SIZE, datagram).ok()?;
         let stats = &self.shared.stats;
@@ -544,31 +647,11 @@ impl Assembler {
             }
             self.collected += padded;
             let k = fec::source_symbols(u64::from(e.payload_len));
-            let collector = Collector {
-                decoder: SourceBlockDecoder::new(0, &fec::block_config(k), padded as u64),
-                seen: HashSet::new(),
-                pending: Vec::new(),
-                try_at: k,
-            };
-            self.collectors.insert(i, collector);
+            let buf = self.spare.pop().unwrap_or_default();
+            self.collectors.insert(i, Collector::new(k, buf));
         }
         let c = self.collectors.get_mut(&i).expect("inserted above");
-        if !c.seen.insert(h.esi) {
-            return None;
-        }
-        c.pending.push(EncodingPacket::new(
-            PayloadId::new(0, h.esi),
-            symbol.to_vec(),
-        ));
-        let have = c.seen.len() as u32;
-        if have < c.try_at {
-            return None;
-        }
-        let Some(mut data) = c.decoder.decode(c.pending.drain(..)) else {
-            // Rank-deficient: a couple more symbols almost always do it.
-            c.try_at = have + 2;
-            return None;
-        };
+        let mut data = c.add(h.esi, symbol)?;
         self.collectors.remove(&i);
         self.collected -= padded;
         data.truncate(e.payload_len as usize);
@@ -639,6 +722,54 @@ fn watch_control(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A padded block of `k` symbols and its encoder.
+    fn block(k: u32) -> (Vec<u8>, raptorq::SourceBlockEncoder) {
+        let data: Vec<u8> = (0..fec::padded_len(u64::from(k) * 1408))
+            .map(|i| (i * 7 % 253) as u8)
+            .collect();
+        let enc = raptorq::SourceBlockEncoder::new(0, &fec::block_config(k), &data);
+        (data, enc)
+    }
+
+    #[test]
+    fn every_source_symbol_completes_a_chunk_without_a_decoder() {
+        let (data, enc) = block(40);
+        let mut c = Collector::new(40, Vec::new());
+        let packets = enc.source_packets();
+        let (last, rest) = packets.split_last().unwrap();
+        for p in rest.iter().rev().chain(&rest[..3]) {
+            assert!(
+                c.add(p.payload_id().encoding_symbol_id(), p.data())
+                    .is_none()
+            );
+        }
+        assert!(c.decoder.is_none());
+        let got = c.add(last.payload_id().encoding_symbol_id(), last.data());
+        assert_eq!(got.as_deref(), Some(&data[..]));
+    }
+
+    #[test]
+    fn lost_source_symbols_are_made_up_by_repair_symbols() {
+        let (data, enc) = block(40);
+        let mut c = Collector::new(40, Vec::new());
+        for p in enc
+            .source_packets()
+            .iter()
+            .filter(|p| p.payload_id().encoding_symbol_id() % 10 != 3)
+        {
+            assert!(
+                c.add(p.payload_id().encoding_symbol_id(), p.data())
+                    .is_none()
+            );
+        }
+        let mut got = None;
+        for p in enc.repair_packets(0, 10) {
+            got = got.or(c.add(p.payload_id().encoding_symbol_id(), p.data()));
+        }
+        assert!(c.decoder.is_some());
+        assert_eq!(got.as_deref(), Some(&data[..]));
+    }
 
     #[test]
     fn urls() {
@@ -740,7 +871,7 @@ mod tests {
                 };
                 *seq += 1;
                 let mut d = Vec::new();
-                wire::encode_symbol(&KEY, &h, p.data(), &mut d);
+                wire::encode_symbol(&wire::DatagramKey::new(&KEY), &h, p.data(), &mut d);
                 d
             })
             .collect()
@@ -763,7 +894,7 @@ mod tests {
                 let mut forged = d.clone();
                 forged[100] ^= 1;
                 for datagram in [&forged, d, d] {
-                    got.extend(a.take(datagram));
+                    got.extend(a.take(&mut datagram.clone()));
                 }
             }
         }
@@ -790,7 +921,7 @@ mod tests {
         for (n, d) in all.iter().enumerate() {
             // Every fourth datagram lost.
             if n % 4 != 3 {
-                decoded += a.take(d).into_iter().count();
+                decoded += a.take(&mut d.clone()).into_iter().count();
             }
         }
         assert_eq!(decoded, 1);
@@ -806,16 +937,22 @@ mod tests {
         let mut a = assembler(head);
         let mut seq = 0;
         let first = datagrams(0, &payloads[0], 0, &mut seq);
-        let done: Vec<_> = first.iter().filter_map(|d| a.take(d)).collect();
+        let done: Vec<_> = first
+            .iter()
+            .filter_map(|d| a.take(&mut d.clone()))
+            .collect();
         assert_eq!(done.len(), 1);
         assert_eq!(a.shared.missing(), []);
         // Held chunks ignore further symbols until the digest check says no.
         let again = datagrams(0, &payloads[0], 3, &mut seq);
-        assert!(again.iter().all(|d| a.take(d).is_none()));
+        assert!(again.iter().all(|d| a.take(&mut d.clone()).is_none()));
         a.forget(0);
         assert_eq!(a.shared.missing(), [(0, 1)]);
         let again = datagrams(0, &payloads[0], 0, &mut seq);
-        assert_eq!(again.iter().filter_map(|d| a.take(d)).count(), 1);
+        assert_eq!(
+            again.iter().filter_map(|d| a.take(&mut d.clone())).count(),
+            1
+        );
     }
 
     #[test]
