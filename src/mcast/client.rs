@@ -531,11 +531,15 @@ struct ReceiveLoop {
     spare: Receiver<Vec<u8>>,
 }
 
+/// Datagrams taken per receive call (recvmmsg): one system call and one
+/// wake-up for up to this many when they queue up.
+const RECV_BATCH: usize = 32;
+
 impl ReceiveLoop {
     fn run(mut self) {
         let shared = self.assembler.shared.clone();
-        let mut buf = vec![0u8; wire::MAX_DATAGRAM + 1];
-        let mut cmsg = nix::cmsg_space!(u32);
+        let mut bufs = vec![[0u8; wire::MAX_DATAGRAM + 1]; RECV_BATCH];
+        let mut lens = [0usize; RECV_BATCH];
         while !shared.stop.load(Ordering::Relaxed) {
             while let Ok(i) = self.refused.try_recv() {
                 self.assembler.forget(i);
@@ -545,37 +549,59 @@ impl ReceiveLoop {
             {
                 self.assembler.spare.push(buf);
             }
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let msg = match nix::sys::socket::recvmsg::<()>(
-                self.socket.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                nix::sys::socket::MsgFlags::empty(),
-            ) {
-                Ok(m) => m,
+            let got = match self.receive(&mut bufs, &mut lens) {
+                Ok(n) => n,
                 Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     eprintln!("multicast receive failed: {e}");
                     return;
                 }
             };
-            let len = msg.bytes;
-            if let Ok(cmsgs) = msg.cmsgs() {
-                for c in cmsgs {
-                    if let nix::sys::socket::ControlMessageOwned::RxqOvfl(n) = c {
-                        shared
-                            .stats
-                            .overflows
-                            .store(u64::from(n), Ordering::Relaxed);
-                    }
+            for (buf, &len) in bufs.iter_mut().zip(&lens).take(got) {
+                if let Some(chunk) = self.assembler.take(&mut buf[..len])
+                    && self.decoded.send(chunk).is_err()
+                {
+                    return;
                 }
             }
-            if let Some(chunk) = self.assembler.take(&mut buf[..len])
-                && self.decoded.send(chunk).is_err()
-            {
-                return;
+        }
+    }
+
+    /// Waits for datagrams and takes every one queued, up to a batch, into
+    /// `bufs` (lengths in `lens`); returns how many. Notes the kernel's
+    /// count of datagrams dropped for want of room (SO_RXQ_OVFL).
+    fn receive(
+        &self,
+        bufs: &mut [[u8; wire::MAX_DATAGRAM + 1]],
+        lens: &mut [usize],
+    ) -> nix::Result<usize> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, MultiHeaders, recvmmsg};
+        // Made afresh each call: the kernel shrinks each header's control
+        // length to what it wrote, and nix does not reset it.
+        let mut headers = MultiHeaders::<()>::preallocate(bufs.len(), Some(nix::cmsg_space!(u32)));
+        let mut iovs: Vec<[IoSliceMut; 1]> = bufs
+            .iter_mut()
+            .map(|b| [IoSliceMut::new(&mut b[..])])
+            .collect();
+        let msgs = recvmmsg(
+            self.socket.as_raw_fd(),
+            &mut headers,
+            iovs.iter_mut(),
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        )?;
+        let mut n = 0;
+        for msg in msgs {
+            lens[n] = msg.bytes;
+            n += 1;
+            for c in msg.cmsgs().into_iter().flatten() {
+                if let ControlMessageOwned::RxqOvfl(dropped) = c {
+                    let stats = &self.assembler.shared.stats;
+                    stats.overflows.store(u64::from(dropped), Ordering::Relaxed);
+                }
             }
         }
+        Ok(n)
     }
 }
 
