@@ -53,6 +53,16 @@ fn gpt_disk(dir: &Path) -> PathBuf {
     disk
 }
 
+/// A scratch directory with `gpt_disk` in it as `disk.raw` and as
+/// `disk.dmg` made with `extra` generator options.
+fn disk_and_dmg(extra: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = scratch();
+    let disk = gpt_disk(dir.path());
+    let dmg = dir.path().join("disk.dmg");
+    make_dmg(&disk, &dmg, extra);
+    (dir, disk, dmg)
+}
+
 fn make_dmg(raw: &Path, out: &Path, extra: &[&str]) {
     let mut args = vec![
         "--input",
@@ -119,23 +129,11 @@ fn every_codec_restores_the_disk_byte_for_byte() {
 
 #[test]
 fn a_whole_disk_dmg_restores_onto_a_larger_block_device() {
-    let dir = scratch();
-    let disk = gpt_disk(dir.path());
-    let dmg = dir.path().join("disk.dmg");
-    make_dmg(&disk, &dmg, &["--codecs", "zlib,lzfse"]);
+    let (dir, disk, dmg) = disk_and_dmg(&["--codecs", "zlib,lzfse"]);
     let dev_file = dir.path().join("dev.img");
     std::fs::write(&dev_file, vec![0xa5u8; 16 << 20]).unwrap();
     let dev = Loop::new(&dev_file);
-    let o = reimage(&[
-        "restore",
-        "--source",
-        p(&dmg),
-        "--target",
-        &dev.dev,
-        "--erase",
-        "--noprompt",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    restore_ok(&dmg, dev.path(), &[]);
     // Both partitions as imaged (zero-fill runs written as zeros over the
     // old bytes), and a valid GPT whose backup moved to the end of the
     // larger device.
@@ -156,10 +154,7 @@ fn a_whole_disk_dmg_restores_onto_a_larger_block_device() {
 
 #[test]
 fn a_volume_is_picked_by_number_or_name() {
-    let dir = scratch();
-    let disk = gpt_disk(dir.path());
-    let dmg = dir.path().join("disk.dmg");
-    make_dmg(&disk, &dmg, &["--codecs", "bzip2,adc"]);
+    let (dir, disk, dmg) = disk_and_dmg(&["--codecs", "bzip2,adc"]);
     let out = dir.path().join("vol.img");
     for (pick, first, n) in [("2", 6144, 4096), ("data", 6144, 4096), ("EFI", 2048, 2048)] {
         let o = restore_file(p(&dmg), &out, &["--sourcevolume", pick]);
@@ -216,10 +211,7 @@ fn damaged_and_hostile_images_are_refused_before_anything_is_written() {
 
 #[test]
 fn truncated_images_are_refused_with_a_clear_message() {
-    let dir = scratch();
-    let disk = gpt_disk(dir.path());
-    let dmg = dir.path().join("disk.dmg");
-    make_dmg(&disk, &dmg, &["--codecs", "zlib"]);
+    let (dir, _, dmg) = disk_and_dmg(&["--codecs", "zlib"]);
     let whole = std::fs::read(&dmg).unwrap();
     let cut = dir.path().join("cut.dmg");
     let target = dir.path().join("target.img");
@@ -239,10 +231,7 @@ fn truncated_images_are_refused_with_a_clear_message() {
 
 #[test]
 fn imagescan_converts_a_dmg_and_free_space_stays_free() {
-    let dir = scratch();
-    let disk = gpt_disk(dir.path());
-    let dmg = dir.path().join("disk.dmg");
-    make_dmg(&disk, &dmg, &["--codecs", "lzfse,zlib"]);
+    let (dir, disk, dmg) = disk_and_dmg(&["--codecs", "lzfse,zlib"]);
     let o = reimage(&["imagescan", p(&dmg)]);
     assert!(o.status.success(), "{}", stderr(&o));
     let rimg = dir.path().join("disk.rimg");
@@ -280,10 +269,7 @@ fn imagescan_converts_a_dmg_and_free_space_stays_free() {
 
 #[test]
 fn the_multicast_server_asks_for_a_prepared_image() {
-    let dir = scratch();
-    let disk = gpt_disk(dir.path());
-    let dmg = dir.path().join("disk.dmg");
-    make_dmg(&disk, &dmg, &[]);
+    let (dir, _, dmg) = disk_and_dmg(&[]);
     let config = dir.path().join("c.plist");
     std::fs::write(
         &config,
@@ -302,10 +288,7 @@ fn the_multicast_server_asks_for_a_prepared_image() {
 /// panic fails this test).
 #[test]
 fn flipped_bytes_never_panic() {
-    let dir = scratch();
-    let disk = gpt_disk(dir.path());
-    let dmg = dir.path().join("disk.dmg");
-    make_dmg(&disk, &dmg, &["--codecs", &CODECS.join(",")]);
+    let (dir, _, dmg) = disk_and_dmg(&["--codecs", &CODECS.join(",")]);
     let whole = std::fs::read(&dmg).unwrap();
     let koly = &whole[whole.len() - 512..];
     let xml_at = u64::from_be_bytes(koly[216..224].try_into().unwrap()) as usize;

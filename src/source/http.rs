@@ -344,7 +344,7 @@ pub fn open(url: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
             url: &fetch_url,
             opts: http,
         };
-        if super::dmg::has_trailer(&mut tail, len)? {
+        if let Some(trailer) = super::udif_trailer(&head_bytes, &mut tail, len)? {
             let (client, fetch_url, http) = (client.clone(), fetch_url.clone(), http.clone());
             let opener = Box::new(move || -> Result<Box<dyn SeqRead>> {
                 Ok(Box::new(HttpStream {
@@ -359,7 +359,14 @@ pub fn open(url: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
                 }))
             });
             let volume = opts.volume.as_deref();
-            let src = super::dmg::DmgSource::open(url.to_owned(), &mut tail, len, opener, volume)?;
+            let src = super::dmg::DmgSource::open(
+                url.to_owned(),
+                &trailer,
+                &mut tail,
+                len,
+                opener,
+                volume,
+            )?;
             return Ok(Box::new(src));
         }
     }

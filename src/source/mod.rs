@@ -174,21 +174,46 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
     if !meta.is_file() {
         bail!("source {spec} is neither a file nor a block device");
     }
-    let mut head = [0u8; SNIFF_LEN];
-    let mut file = File::open(path)?;
-    let n = crate::io::read_full(&mut file, &mut head)?;
-    let head = &head[..n];
-    // A .dmg's data fork may begin with any run, even an xz stream: the
-    // trailer decides before the first bytes do.
-    if sniff(head) != Sniffed::Prepared && dmg::has_trailer(&mut file, meta.len())? {
+    let (mut file, head, trailer) = probe_file(path)?;
+    if let Some(trailer) = trailer {
         let path = path.to_owned();
         let opener = Box::new(move || direct_stream(&path));
         let volume = opts.volume.as_deref();
-        let src = dmg::DmgSource::open(spec.to_owned(), &mut file, meta.len(), opener, volume)?;
+        let src = dmg::DmgSource::open(
+            spec.to_owned(),
+            &trailer,
+            &mut file,
+            meta.len(),
+            opener,
+            volume,
+        )?;
         return Ok(Box::new(src));
     }
     let reader = direct_stream(path).with_context(|| format!("opening source {spec}"))?;
-    from_stream(spec.to_owned(), head, reader, Some(meta.len()), opts)
+    from_stream(spec.to_owned(), &head, reader, Some(meta.len()), opts)
+}
+
+/// A local file opened, its first bytes, and its UDIF trailer if it has
+/// one.
+fn probe_file(path: &Path) -> Result<(File, Vec<u8>, Option<Vec<u8>>)> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut head = vec![0u8; SNIFF_LEN];
+    let n = crate::io::read_full(&mut file, &mut head)?;
+    head.truncate(n);
+    let len = file.metadata()?.len();
+    let trailer = udif_trailer(&head, &mut file, len)?;
+    Ok((file, head, trailer))
+}
+
+/// The UDIF trailer of a `len`-byte source whose first bytes are `head`.
+/// A .dmg's data fork may begin with any run, even an xz stream, so the
+/// trailer decides before the first bytes do; only a prepared image's
+/// magic is trusted first.
+fn udif_trailer(head: &[u8], tail: &mut dyn dmg::TailReader, len: u64) -> Result<Option<Vec<u8>>> {
+    if sniff(head) == Sniffed::Prepared {
+        return Ok(None);
+    }
+    dmg::read_trailer(tail, len)
 }
 
 /// A local file read front to back with O_DIRECT where it works.
@@ -223,13 +248,8 @@ pub fn fetch_signature(spec: &str, opts: &SourceOptions) -> Result<Option<String
 /// True for a file in one of Apple's disk image formats (UDIF, or an
 /// encrypted or sparse image, which `open` refuses with a clear message).
 pub fn is_apple_image(path: &Path) -> Result<bool> {
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut head = [0u8; SNIFF_LEN];
-    let n = crate::io::read_full(&mut file, &mut head)?;
-    let len = file.metadata()?.len();
-    let head = &head[..n];
-    Ok(dmg::unsupported_kind(head).is_some()
-        || (sniff(head) != Sniffed::Prepared && dmg::has_trailer(&mut file, len)?))
+    let (_, head, trailer) = probe_file(path)?;
+    Ok(trailer.is_some() || dmg::unsupported_kind(&head).is_some())
 }
 
 /// A source over one sequential stream whose first bytes are `head`.

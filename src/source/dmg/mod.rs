@@ -37,26 +37,23 @@ pub trait TailReader {
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()>;
 }
 
-/// True when the last 512 bytes of a `len`-byte file are a UDIF trailer.
-pub fn has_trailer(tail: &mut dyn TailReader, len: u64) -> Result<bool> {
+/// The last 512 bytes of a `len`-byte file when they are a UDIF trailer
+/// (read once: recognising a .dmg and parsing it use the same bytes).
+pub fn read_trailer(tail: &mut dyn TailReader, len: u64) -> Result<Option<Vec<u8>>> {
     if len < TRAILER_LEN {
-        return Ok(false);
+        return Ok(None);
     }
-    let mut magic = [0u8; 4];
-    tail.read_at(&mut magic, len - TRAILER_LEN)?;
-    Ok(&magic == b"koly")
+    let mut t = vec![0u8; TRAILER_LEN as usize];
+    tail.read_at(&mut t, len - TRAILER_LEN)?;
+    Ok(t.starts_with(b"koly").then_some(t))
 }
 
 /// A parsed image: what to restore, in what order.
 struct Layout {
     koly: Koly,
     tables: Vec<Blkx>,
-    /// Indices into `tables` being restored (all, or the picked volume).
-    chosen: Vec<usize>,
     /// The volume `--sourcevolume` picked; None for the whole image.
     picked: Option<usize>,
-    /// Target byte 0 is this disk sector (the picked volume's first).
-    base: u64,
     /// Stored runs in file order, as (table, run) indices.
     order: Vec<(usize, usize)>,
     /// Target byte ranges of zero-fill runs. They are written (as zeros,
@@ -66,22 +63,23 @@ struct Layout {
 }
 
 impl Layout {
-    fn read(tail: &mut dyn TailReader, len: u64, volume: Option<&str>, name: &str) -> Result<Self> {
-        let mut t = vec![0u8; TRAILER_LEN as usize];
-        tail.read_at(&mut t, len - TRAILER_LEN)?;
-        let koly = udif::parse_koly(&t, len)?;
+    fn read(
+        trailer: &[u8],
+        tail: &mut dyn TailReader,
+        len: u64,
+        volume: Option<&str>,
+        name: &str,
+    ) -> Result<Self> {
+        let koly = udif::parse_koly(trailer, len)?;
         let mut xml = vec![0u8; (koly.xml.end - koly.xml.start) as usize];
         tail.read_at(&mut xml, koly.xml.start)?;
         let tables = udif::parse_blkx(&xml, &koly)?;
         let picked = volume.map(|v| pick_volume(&tables, v, name)).transpose()?;
-        let chosen = match picked {
-            None => (0..tables.len()).collect(),
-            Some(t) => vec![t],
-        };
+        let chosen = chosen(picked, tables.len());
         let base = picked.map_or(0, |t| tables[t].first);
         let mut order: Vec<(usize, usize)> = chosen
-            .iter()
-            .flat_map(|&t| {
+            .clone()
+            .flat_map(|t| {
                 let runs = &tables[t].runs;
                 (0..runs.len())
                     .filter(move |&r| runs[r].kind.stored())
@@ -101,8 +99,7 @@ impl Layout {
             }
         }
         let zeros = chosen
-            .iter()
-            .flat_map(|&t| &tables[t].runs)
+            .flat_map(|t| &tables[t].runs)
             .filter(|run| run.kind == RunKind::Zero)
             .map(|run| {
                 let at = (run.sector - base) * SECTOR;
@@ -112,12 +109,21 @@ impl Layout {
         Ok(Layout {
             koly,
             tables,
-            chosen,
             picked,
-            base,
             order,
             zeros,
         })
+    }
+
+    /// Indices into `tables` being restored.
+    fn chosen(&self) -> std::ops::Range<usize> {
+        chosen(self.picked, self.tables.len())
+    }
+
+    /// The disk sector that is the target's byte 0 (the picked volume's
+    /// first).
+    fn base(&self) -> u64 {
+        self.picked.map_or(0, |t| self.tables[t].first)
     }
 
     /// Bytes restored: the picked volume, or the whole disk (the tables
@@ -132,6 +138,11 @@ impl Layout {
     fn whole(&self) -> bool {
         self.picked.is_none()
     }
+}
+
+/// The tables restored: all, or the one picked.
+fn chosen(picked: Option<usize>, tables: usize) -> std::ops::Range<usize> {
+    picked.map_or(0..tables, |t| t..t + 1)
 }
 
 /// `--sourcevolume`: a volume by its number in the list of volumes (from 1)
@@ -193,7 +204,7 @@ impl Checks {
                 .collect(),
             left: vec![0; layout.tables.len()],
         };
-        for &t in &layout.chosen {
+        for t in layout.chosen() {
             for (r, run) in layout.tables[t].runs.iter().enumerate() {
                 checks.run_crcs[t][r] = match run.kind {
                     RunKind::Zero => Some((zeros_crc(run.bytes()), run.bytes())),
@@ -297,10 +308,14 @@ impl Pass {
         })
     }
 
-    /// Moves the stream to `offset`, hashing the bytes passed over when the
-    /// data fork's CRC is being computed.
+    /// Moves the stream to `offset`, hashing the data-fork bytes passed
+    /// over when the fork's CRC is being computed.
     fn advance_to(&mut self, offset: u64, fork_start: u64) -> Result<()> {
-        if self.stream.position() < fork_start || self.fork.is_none() {
+        let here = self.stream.position();
+        if here < fork_start {
+            self.stream.skip_to(fork_start.min(offset))?;
+        }
+        if self.fork.is_none() {
             self.stream.skip_to(offset.max(self.stream.position()))?;
             return Ok(());
         }
@@ -308,19 +323,8 @@ impl Pass {
         let mut buf = vec![0u8; gap.min(1 << 20) as usize];
         while gap > 0 {
             let n = gap.min(buf.len() as u64) as usize;
-            self.read(&mut buf[..n])?;
+            read_hashed(&mut self.stream, &mut self.fork, &mut buf[..n])?;
             gap -= n as u64;
-        }
-        Ok(())
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> Result<()> {
-        let got = crate::io::read_full(&mut self.stream, buf)?;
-        if got < buf.len() {
-            bail!("the image ends early; it is truncated");
-        }
-        if let Some(h) = &mut self.fork {
-            h.update(buf);
         }
         Ok(())
     }
@@ -347,11 +351,8 @@ impl Pass {
         self.next += 1;
         let run: &Run = &layout.tables[t].runs[r];
         self.advance_to(run.offset, fork.start)?;
-        let mut input = std::mem::take(&mut self.input);
-        input.resize(run.len as usize, 0);
-        let read = self.read(&mut input);
-        self.input = input;
-        read?;
+        self.input.resize(run.len as usize, 0);
+        read_hashed(&mut self.stream, &mut self.fork, &mut self.input)?;
         self.out.resize(run.bytes() as usize, 0);
         codec::decode(run, &self.input, &mut self.out).with_context(|| {
             format!(
@@ -360,10 +361,27 @@ impl Pass {
             )
         })?;
         self.checks.run_done(&layout.tables, t, r, &self.out)?;
-        self.out_offset = (run.sector - layout.base) * SECTOR;
+        self.out_offset = (run.sector - layout.base()) * SECTOR;
         self.out_pos = 0;
         Ok(true)
     }
+}
+
+/// Fills `buf` from `stream`, adding the bytes to `fork` when it is the
+/// data fork's CRC being computed.
+fn read_hashed(
+    stream: &mut Box<dyn SeqRead>,
+    fork: &mut Option<crc32fast::Hasher>,
+    buf: &mut [u8],
+) -> Result<()> {
+    let got = crate::io::read_full(stream, buf)?;
+    if got < buf.len() {
+        bail!("the image ends early; it is truncated");
+    }
+    if let Some(h) = fork {
+        h.update(buf);
+    }
+    Ok(())
 }
 
 /// A .dmg being restored.
@@ -373,24 +391,25 @@ pub struct DmgSource {
     info: ImageInfo,
     opener: StreamOpener,
     pass: Option<Pass>,
-    done: bool,
     /// The zero-fill range being handed out, and how far into it.
     zero_next: usize,
     zero_pos: u64,
 }
 
 impl DmgSource {
-    /// Reads the trailer and tables of the `len`-byte image through `tail`;
-    /// `opener` streams it from byte 0. `volume` picks one volume.
+    /// Parses `trailer` (from `read_trailer`) and the tables of the
+    /// `len`-byte image, read through `tail`; `opener` streams it from
+    /// byte 0. `volume` picks one volume.
     pub fn open(
         name: String,
+        trailer: &[u8],
         tail: &mut dyn TailReader,
         len: u64,
         opener: StreamOpener,
         volume: Option<&str>,
     ) -> Result<DmgSource> {
-        let layout =
-            Layout::read(tail, len, volume, &name).with_context(|| format!("reading {name}"))?;
+        let layout = Layout::read(trailer, tail, len, volume, &name)
+            .with_context(|| format!("reading {name}"))?;
         let content = if layout.picked.is_some() {
             Content::Partition
         } else if layout.koly.variant == 1 || layout.tables.iter().any(|b| !b.is_volume()) {
@@ -419,7 +438,6 @@ impl DmgSource {
             info,
             opener,
             pass: None,
-            done: false,
             zero_next: 0,
             zero_pos: 0,
         })
@@ -429,9 +447,7 @@ impl DmgSource {
         let stream = (self.opener)().with_context(|| format!("reading {}", self.name))?;
         Pass::new(&self.layout, stream).with_context(|| format!("reading {}", self.name))
     }
-}
 
-impl DmgSource {
     /// The next piece of zero-fill runs, while any are left.
     fn next_zeros(&mut self, slot: &mut Slot) -> Option<Piece> {
         let z = self.layout.zeros.get(self.zero_next)?;
@@ -468,9 +484,6 @@ impl ChunkSource for DmgSource {
     }
 
     fn next_piece(&mut self, slot: &mut Slot) -> Result<Option<Piece>> {
-        if self.done {
-            return Ok(None);
-        }
         if let Some(piece) = self.next_zeros(slot) {
             return Ok(Some(piece));
         }
@@ -483,7 +496,6 @@ impl ChunkSource for DmgSource {
                 .decode_next(&self.layout)
                 .with_context(|| format!("reading {}", self.name))?;
             if !more {
-                self.done = true;
                 return Ok(None);
             }
         }
