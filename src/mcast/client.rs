@@ -245,10 +245,9 @@ impl MulticastSource {
             .expect("multicast sources have a head");
         let receiver = ReceiveLoop {
             socket,
-            assembler: Assembler::new(self.key, w.session, head, self.shared.clone()),
+            assembler: Assembler::new(self.key, w.session, head, self.shared.clone(), spare_rx),
             decoded: decoded_tx,
             refused: refused_rx,
-            spare: spare_rx,
         };
         std::thread::Builder::new()
             .name("mcast-receive".into())
@@ -528,7 +527,6 @@ struct ReceiveLoop {
     assembler: Assembler,
     decoded: Sender<(usize, Vec<u8>)>,
     refused: Receiver<usize>,
-    spare: Receiver<Vec<u8>>,
 }
 
 /// Datagrams taken per receive call (recvmmsg): one system call and one
@@ -543,11 +541,6 @@ impl ReceiveLoop {
         while !shared.stop.load(Ordering::Relaxed) {
             while let Ok(i) = self.refused.try_recv() {
                 self.assembler.forget(i);
-            }
-            if self.assembler.spare.len() < SPARE_BUFFERS
-                && let Ok(buf) = self.spare.try_recv()
-            {
-                self.assembler.spare.push(buf);
             }
             let got = match self.receive(&mut bufs, &mut lens) {
                 Ok(n) => n,
@@ -618,12 +611,18 @@ struct Assembler {
     collected: usize,
     first_seq: Option<u64>,
     first_pass: Option<u32>,
-    /// Buffers for new collectors.
-    spare: Vec<Vec<u8>>,
+    /// Payload buffers the restore is done with, for new collectors.
+    spare: Receiver<Vec<u8>>,
 }
 
 impl Assembler {
-    fn new(key: Key, session: u64, head: ImageHead, shared: Arc<Shared>) -> Assembler {
+    fn new(
+        key: Key,
+        session: u64,
+        head: ImageHead,
+        shared: Arc<Shared>,
+        spare: Receiver<Vec<u8>>,
+    ) -> Assembler {
         Assembler {
             key: wire::DatagramKey::new(&key),
             session,
@@ -633,7 +632,7 @@ impl Assembler {
             collected: 0,
             first_seq: None,
             first_pass: None,
-            spare: Vec::new(),
+            spare,
         }
     }
 
@@ -673,7 +672,7 @@ impl Assembler {
             }
             self.collected += padded;
             let k = fec::source_symbols(u64::from(e.payload_len));
-            let buf = self.spare.pop().unwrap_or_default();
+            let buf = self.spare.try_recv().unwrap_or_default();
             self.collectors.insert(i, Collector::new(k, buf));
         }
         let c = self.collectors.get_mut(&i).expect("inserted above");
@@ -874,7 +873,7 @@ mod tests {
             control_lost: Mutex::new(None),
             control: Mutex::new(None),
         });
-        Assembler::new(KEY, SESSION, head, shared)
+        Assembler::new(KEY, SESSION, head, shared, crossbeam_channel::never())
     }
 
     /// The datagrams of one transmission: source symbols, then `repairs`.
