@@ -404,6 +404,10 @@ fn join(group: Ipv4Addr, port: u16, local: Ipv4Addr) -> Result<UdpSocket> {
         let _ = force_recv_buffer(&s, 32 << 20);
     }
     nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RxqOvfl, &1)?;
+    // UDP GRO: the kernel may hand over a run of the stream's datagrams
+    // (all one size) in one receive, cutting the per-datagram cost of the
+    // stack. A kernel without it (before 5.0) delivers them one by one.
+    let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::UdpGroSegment, &true);
     s.bind(&SocketAddr::V4(SocketAddrV4::new(group, port)).into())?;
     s.join_multicast_v4(&group, &local)?;
     s.set_read_timeout(Some(Duration::from_millis(200)))?;
@@ -529,20 +533,31 @@ struct ReceiveLoop {
     refused: Receiver<usize>,
 }
 
-/// Datagrams taken per receive call (recvmmsg): one system call and one
-/// wake-up for up to this many when they queue up.
+/// Receive slots filled per receive call (recvmmsg): one system call and
+/// one wake-up for up to this many when they queue up.
 const RECV_BATCH: usize = 32;
+/// Bytes of one receive slot: a datagram, or a run of them coalesced by
+/// UDP GRO, which never exceeds an IPv4 packet's 64 KiB.
+const SLOT: usize = 1 << 16;
+
+/// What one receive slot got: `len` bytes of datagrams of `size` bytes
+/// each (the last may be shorter; a single datagram is its own size).
+#[derive(Clone, Copy, Default)]
+struct Received {
+    len: usize,
+    size: usize,
+}
 
 impl ReceiveLoop {
     fn run(mut self) {
         let shared = self.assembler.shared.clone();
-        let mut bufs = vec![[0u8; wire::MAX_DATAGRAM + 1]; RECV_BATCH];
-        let mut lens = [0usize; RECV_BATCH];
+        let mut bufs = vec![0u8; SLOT * RECV_BATCH];
+        let mut slots = [Received::default(); RECV_BATCH];
         while !shared.stop.load(Ordering::Relaxed) {
             while let Ok(i) = self.refused.try_recv() {
                 self.assembler.forget(i);
             }
-            let got = match self.receive(&mut bufs, &mut lens) {
+            let got = match self.receive(&mut bufs, &mut slots) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
@@ -550,31 +565,30 @@ impl ReceiveLoop {
                     return;
                 }
             };
-            for (buf, &len) in bufs.iter_mut().zip(&lens).take(got) {
-                if let Some(chunk) = self.assembler.take(&mut buf[..len])
-                    && self.decoded.send(chunk).is_err()
-                {
-                    return;
+            for (buf, slot) in bufs.chunks_mut(SLOT).zip(&slots).take(got) {
+                for datagram in buf[..slot.len].chunks_mut(slot.size.max(1)) {
+                    if let Some(chunk) = self.assembler.take(datagram)
+                        && self.decoded.send(chunk).is_err()
+                    {
+                        return;
+                    }
                 }
             }
         }
     }
 
-    /// Waits for datagrams and takes every one queued, up to a batch, into
-    /// `bufs` (lengths in `lens`); returns how many. Notes the kernel's
-    /// count of datagrams dropped for want of room (SO_RXQ_OVFL).
-    fn receive(
-        &self,
-        bufs: &mut [[u8; wire::MAX_DATAGRAM + 1]],
-        lens: &mut [usize],
-    ) -> nix::Result<usize> {
+    /// Waits for datagrams and takes every one queued, up to a batch of
+    /// slots, into `bufs`; returns how many slots it filled. Notes the
+    /// kernel's count of datagrams dropped for want of room (SO_RXQ_OVFL).
+    fn receive(&self, bufs: &mut [u8], slots: &mut [Received]) -> nix::Result<usize> {
         use nix::sys::socket::{ControlMessageOwned, MsgFlags, MultiHeaders, recvmmsg};
         // Made afresh each call: the kernel shrinks each header's control
         // length to what it wrote, and nix does not reset it.
-        let mut headers = MultiHeaders::<()>::preallocate(bufs.len(), Some(nix::cmsg_space!(u32)));
+        let mut headers =
+            MultiHeaders::<()>::preallocate(slots.len(), Some(nix::cmsg_space!(u32, i32)));
         let mut iovs: Vec<[IoSliceMut; 1]> = bufs
-            .iter_mut()
-            .map(|b| [IoSliceMut::new(&mut b[..])])
+            .chunks_mut(SLOT)
+            .map(|b| [IoSliceMut::new(b)])
             .collect();
         let msgs = recvmmsg(
             self.socket.as_raw_fd(),
@@ -585,14 +599,23 @@ impl ReceiveLoop {
         )?;
         let mut n = 0;
         for msg in msgs {
-            lens[n] = msg.bytes;
-            n += 1;
+            slots[n] = Received {
+                len: msg.bytes,
+                size: msg.bytes,
+            };
             for c in msg.cmsgs().into_iter().flatten() {
-                if let ControlMessageOwned::RxqOvfl(dropped) = c {
-                    let stats = &self.assembler.shared.stats;
-                    stats.overflows.store(u64::from(dropped), Ordering::Relaxed);
+                match c {
+                    ControlMessageOwned::RxqOvfl(dropped) => {
+                        let stats = &self.assembler.shared.stats;
+                        stats.overflows.store(u64::from(dropped), Ordering::Relaxed);
+                    }
+                    ControlMessageOwned::UdpGroSegments(size) => {
+                        slots[n].size = usize::try_from(size).unwrap_or(0);
+                    }
+                    _ => {}
                 }
             }
+            n += 1;
         }
         Ok(n)
     }

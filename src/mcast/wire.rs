@@ -23,6 +23,8 @@ pub const TAG_LEN: usize = 16;
 /// Ethernet frame with its IPv4 and UDP headers (1472 bytes of payload).
 pub const SYMBOL_SIZE: u16 = 1408;
 pub const MAX_DATAGRAM: usize = 1472;
+/// Every data datagram's length.
+pub const DATAGRAM_LEN: usize = HEADER_LEN + SYMBOL_SIZE as usize + TAG_LEN;
 /// RaptorQ encoding symbol ids are 24 bits (RFC 6330 §3.2).
 pub const ESI_LIMIT: u32 = 1 << 24;
 
@@ -77,9 +79,11 @@ fn nonce(seq: u64) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
-/// Builds a datagram in `out`: header, the sealed symbol, then the tag.
+/// Appends a datagram to `out`: header, the sealed symbol, then the tag.
+/// The sender packs a batch of datagrams back to back this way and hands
+/// the kernel the whole batch at once (UDP segmentation offload).
 pub fn encode_symbol(key: &DatagramKey, h: &SymbolHeader, symbol: &[u8], out: &mut Vec<u8>) {
-    out.clear();
+    let start = out.len();
     out.extend_from_slice(&MAGIC);
     out.push(DATAGRAM_VERSION);
     out.push(KIND_SYMBOL);
@@ -90,7 +94,7 @@ pub fn encode_symbol(key: &DatagramKey, h: &SymbolHeader, symbol: &[u8], out: &m
     out.extend_from_slice(&h.esi.to_be_bytes());
     out.extend_from_slice(&h.pass.to_be_bytes());
     out.extend_from_slice(symbol);
-    let (header, body) = out.split_at_mut(HEADER_LEN);
+    let (header, body) = out[start..].split_at_mut(HEADER_LEN);
     let tag = key
         .0
         .seal_in_place_separate_tag(nonce(h.seq), Aad::from(&*header), body)
