@@ -566,6 +566,7 @@ impl ReceiveLoop {
                 }
             };
             for (buf, slot) in bufs.chunks_mut(SLOT).zip(&slots).take(got) {
+                // max(1): an empty datagram (anyone can send one) has size 0.
                 for datagram in buf[..slot.len].chunks_mut(slot.size.max(1)) {
                     if let Some(chunk) = self.assembler.take(datagram)
                         && self.decoded.send(chunk).is_err()
@@ -609,8 +610,12 @@ impl ReceiveLoop {
                         let stats = &self.assembler.shared.stats;
                         stats.overflows.store(u64::from(dropped), Ordering::Relaxed);
                     }
+                    // Without it, or with a nonsensical size, the slot
+                    // holds one datagram.
                     ControlMessageOwned::UdpGroSegments(size) => {
-                        slots[n].size = usize::try_from(size).unwrap_or(0);
+                        if let Some(size) = usize::try_from(size).ok().filter(|&s| s > 0) {
+                            slots[n].size = size;
+                        }
                     }
                     _ => {}
                 }

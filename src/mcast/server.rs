@@ -203,7 +203,7 @@ impl Outbox {
     /// Adds a datagram; sends the batch once it is full.
     fn push(&mut self, key: &wire::DatagramKey, h: &SymbolHeader, symbol: &[u8]) -> Result<()> {
         wire::encode_symbol(key, h, symbol, &mut self.buf);
-        if self.buf.len() + wire::DATAGRAM_LEN > BATCH * wire::DATAGRAM_LEN {
+        if self.buf.len() >= BATCH * wire::DATAGRAM_LEN {
             self.flush()?;
         }
         Ok(())
@@ -215,16 +215,18 @@ impl Outbox {
             return Ok(());
         }
         self.pacer.pace(self.buf.len());
-        let mut batch = std::mem::take(&mut self.buf);
-        let result = self.send_batch(&batch);
-        batch.clear();
-        self.buf = batch;
+        let result = self.send_batch().context("sending to the multicast group");
+        self.buf.clear();
         result
     }
 
-    fn send_batch(&mut self, batch: &[u8]) -> Result<()> {
-        if self.gso && batch.len() > wire::DATAGRAM_LEN {
-            match self.send_one(batch) {
+    fn send_batch(&mut self) -> Result<()> {
+        if self.gso && self.buf.len() > wire::DATAGRAM_LEN {
+            match send_all(&self.socket, &self.buf) {
+                Ok(()) => {
+                    self.sent += self.buf.len() as u64;
+                    return Ok(());
+                }
                 // EIO: the interface cannot checksum for the kernel, which
                 // segmentation needs; EINVAL or EMSGSIZE: its MTU is below
                 // a datagram (single ones go out as IP fragments).
@@ -246,30 +248,29 @@ impl Outbox {
                     )
                     .context("turning UDP segmentation offload off")?;
                 }
-                r => return r.context("sending to the multicast group"),
+                Err(e) => return Err(e.into()),
             }
         }
-        for datagram in batch.chunks(wire::DATAGRAM_LEN) {
-            self.send_one(datagram)
-                .context("sending to the multicast group")?;
+        for datagram in self.buf.chunks(wire::DATAGRAM_LEN) {
+            send_all(&self.socket, datagram)?;
+            self.sent += datagram.len() as u64;
         }
         Ok(())
     }
+}
 
-    fn send_one(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        loop {
-            match self.socket.send(bytes) {
-                Ok(n) => {
-                    self.sent += n as u64;
-                    return Ok(());
-                }
-                // A full socket buffer: the pacer is ahead of the NIC.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_micros(200))
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+/// Sends `bytes` (a datagram, or a batch the socket segments), waiting
+/// while the socket buffer is full.
+fn send_all(socket: &UdpSocket, bytes: &[u8]) -> std::io::Result<()> {
+    loop {
+        match socket.send(bytes) {
+            Ok(_) => return Ok(()),
+            // A full socket buffer: the pacer is ahead of the NIC.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_micros(200))
             }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
