@@ -4,7 +4,7 @@
 //! chunk as soon as it has enough; chunks reach the restore pipeline in
 //! whatever order they decode, each checked against its manifest digest.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::io::IoSliceMut;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
-use raptorq::{EncodingPacket, PayloadId, SourceBlockDecoder};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::fec;
@@ -435,22 +434,17 @@ fn force_recv_buffer(s: &Socket, bytes: i32) -> std::io::Result<()> {
 
 /// The symbols of one chunk received so far. Source symbols go straight
 /// into the padded payload, so a chunk whose source symbols all arrive
-/// (every chunk, without loss) needs no decoder and no per-symbol
-/// allocation; RaptorQ solves only for chunks that lost some.
+/// (every chunk, without loss) needs no decoding and no per-symbol
+/// allocation; the code solves only for chunks that lost some.
 struct Collector {
     k: u32,
     /// The padded payload, source symbols at their places.
     data: Vec<u8>,
     have: Vec<bool>,
     sources: u32,
-    /// Repair symbol ids received (source ones are in `have`).
-    seen_repair: HashSet<u32>,
-    /// Created at the first decoding attempt, with every source symbol
-    /// received by then; later symbols go to `pending`.
-    decoder: Option<SourceBlockDecoder>,
-    /// Symbols not yet given to the decoder: decoding is tried only when
-    /// enough have come, since a failed attempt costs a whole solve.
-    pending: Vec<EncodingPacket>,
+    repairs: fec::Repairs,
+    /// Decoding is tried only once this many symbols have come, since a
+    /// failed attempt costs a whole solve.
     try_at: u32,
 }
 
@@ -464,16 +458,18 @@ impl Collector {
             data: buf,
             have: vec![false; k as usize],
             sources: 0,
-            seen_repair: HashSet::new(),
-            decoder: None,
-            pending: Vec::new(),
+            repairs: fec::Repairs::default(),
             try_at: k,
         }
     }
 
-    /// Takes symbol `esi`; returns the padded payload once it is complete.
+    /// Takes symbol `esi`; returns the padded payload once it is complete
+    /// (and ignores symbols after that).
     fn add(&mut self, esi: u32, symbol: &[u8]) -> Option<Vec<u8>> {
         let size = SYMBOL_SIZE as usize;
+        if self.data.is_empty() {
+            return None;
+        }
         if esi < self.k {
             let i = esi as usize;
             if std::mem::replace(&mut self.have[i], true) {
@@ -484,41 +480,21 @@ impl Collector {
             if self.sources == self.k {
                 return Some(std::mem::take(&mut self.data));
             }
-        } else if !self.seen_repair.insert(esi) {
+        } else if self.repairs.contains(esi) {
             return None;
+        } else {
+            self.repairs.push(esi, symbol);
         }
-        if esi >= self.k || self.decoder.is_some() {
-            self.pending
-                .push(EncodingPacket::new(PayloadId::new(0, esi), symbol.to_vec()));
-        }
-        let have = self.sources + self.seen_repair.len() as u32;
+        let have = self.sources + self.repairs.len() as u32;
         if have < self.try_at {
             return None;
         }
-        let decoder = match &mut self.decoder {
-            Some(d) => d,
-            None => {
-                // First attempt: the source symbols so far join the repair
-                // symbols (later ones are pushed as they come, above).
-                let (data, have) = (&self.data, &self.have);
-                self.pending
-                    .extend((0..self.k).filter(|&e| have[e as usize]).map(|e| {
-                        let at = e as usize * size;
-                        EncodingPacket::new(PayloadId::new(0, e), data[at..at + size].to_vec())
-                    }));
-                let len = self.data.len() as u64;
-                self.decoder
-                    .insert(SourceBlockDecoder::new(0, &fec::block_config(self.k), len))
-            }
-        };
-        match decoder.decode(self.pending.drain(..)) {
-            Some(data) => Some(data),
-            None => {
-                // Rank-deficient: a couple more symbols almost always do it.
-                self.try_at = have + 2;
-                None
-            }
+        if fec::decode(self.k, &mut self.data, &self.have, &self.repairs) {
+            return Some(std::mem::take(&mut self.data));
         }
+        // Rank-deficient: a couple more symbols almost always do it.
+        self.try_at = have + 2;
+        None
     }
 }
 
@@ -786,7 +762,7 @@ mod tests {
     }
 
     #[test]
-    fn every_source_symbol_completes_a_chunk_without_a_decoder() {
+    fn every_source_symbol_completes_a_chunk() {
         let (data, enc) = block(40);
         let mut c = Collector::new(40, Vec::new());
         let packets = enc.source_packets();
@@ -797,7 +773,6 @@ mod tests {
                     .is_none()
             );
         }
-        assert!(c.decoder.is_none());
         let got = c.add(last.payload_id().encoding_symbol_id(), last.data());
         assert_eq!(got.as_deref(), Some(&data[..]));
     }
@@ -820,7 +795,6 @@ mod tests {
         for p in enc.repair_packets(0, 10) {
             got = got.or(c.add(p.payload_id().encoding_symbol_id(), p.data()));
         }
-        assert!(c.decoder.is_some());
         assert_eq!(got.as_deref(), Some(&data[..]));
     }
 

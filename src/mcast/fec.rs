@@ -3,7 +3,10 @@
 //! `SYMBOL_SIZE` bytes, zero-padded at the end; any K (and a few) distinct
 //! symbols rebuild it.
 
-use raptorq::ObjectTransmissionInformation;
+use raptorq::{
+    EncodingPacket, ObjectTransmissionInformation, Octet, PayloadId, SourceBlockDecoder,
+    SourceBlockEncoder, Symbol,
+};
 
 use super::wire::SYMBOL_SIZE;
 
@@ -23,7 +26,160 @@ pub fn padded_len(len: u64) -> usize {
 
 /// The code's parameters for a block of `k` symbols (`k <= MAX_SYMBOLS`).
 pub fn block_config(k: u32) -> ObjectTransmissionInformation {
-    ObjectTransmissionInformation::new(u64::from(k) * u64::from(SYMBOL_SIZE), SYMBOL_SIZE, 1, 1, 8)
+    config(k, SYMBOL_SIZE)
+}
+
+fn config(k: u32, symbol_size: u16) -> ObjectTransmissionInformation {
+    ObjectTransmissionInformation::new(u64::from(k) * u64::from(symbol_size), symbol_size, 1, 1, 1)
+}
+
+/// Repair symbols received for one block, kept back to back.
+#[derive(Default)]
+pub(super) struct Repairs {
+    esis: Vec<u32>,
+    bytes: Vec<u8>,
+}
+
+impl Repairs {
+    pub(super) fn push(&mut self, esi: u32, symbol: &[u8]) {
+        self.esis.push(esi);
+        self.bytes.extend_from_slice(symbol);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.esis.len()
+    }
+
+    pub(super) fn contains(&self, esi: u32) -> bool {
+        self.esis.contains(&esi)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u32, &[u8])> {
+        self.esis
+            .iter()
+            .copied()
+            .zip(self.bytes.chunks(SYMBOL_SIZE as usize))
+    }
+}
+
+/// Rebuilds the lost source symbols of a block of `k`: `data` is the
+/// padded block with every source symbol that arrived in place and the
+/// lost ones zero, `have` says which arrived. Returns false when the
+/// symbols at hand do not determine the block yet (a couple more almost
+/// always do).
+pub(super) fn decode(k: u32, data: &mut [u8], have: &[bool], repairs: &Repairs) -> bool {
+    let missing: Vec<u32> = (0..k).filter(|&i| !have[i as usize]).collect();
+    if missing.len() > repairs.len() {
+        return false;
+    }
+    if missing.len() * ERASURE_SOLVE_LIMIT <= k as usize {
+        return solve_erasures(k, data, &missing, repairs);
+    }
+    let size = SYMBOL_SIZE as usize;
+    let mut packets: Vec<EncodingPacket> = (0..k)
+        .filter(|&i| have[i as usize])
+        .map(|i| {
+            let at = i as usize * size;
+            EncodingPacket::new(PayloadId::new(0, i), data[at..at + size].to_vec())
+        })
+        .collect();
+    packets.extend(
+        repairs
+            .iter()
+            .map(|(esi, s)| EncodingPacket::new(PayloadId::new(0, esi), s.to_vec())),
+    );
+    let mut decoder = SourceBlockDecoder::new(0, &block_config(k), data.len() as u64);
+    match decoder.decode(packets) {
+        Some(block) => {
+            data.copy_from_slice(&block);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Up to one lost source symbol in this many, [`solve_erasures`] beats a
+/// full RaptorQ decode (measured: 1 MiB blocks, 5 % lost, 2.4 against 4.8
+/// s/GiB); beyond it its m² symbol operations cost more than the decode.
+const ERASURE_SOLVE_LIMIT: usize = 8;
+
+/// Solves for the `m` lost source symbols alone. The code is linear over
+/// GF(256), byte by byte: a repair symbol is `Σ c(e,i)·source_i` with the
+/// same coefficients at every byte. So (1) encoding the block with the lost
+/// symbols zero gives each repair symbol's part from the symbols we have,
+/// which leaves `r_e - known_e = Σ_j c(e, lost_j)·x_j`; (2) encoding a block
+/// of m-byte symbols, lost symbol j being the j-th unit vector, gives the
+/// coefficients c(e, lost_j); (3) Gaussian elimination over m independent
+/// repair symbols yields the x_j. That is two encodes (whose operation
+/// schedule the raptorq crate caches per K) and about m² symbol operations,
+/// where a general decode solves for all K + S + H intermediate symbols of
+/// a fresh constraint matrix.
+fn solve_erasures(k: u32, data: &mut [u8], missing: &[u32], repairs: &Repairs) -> bool {
+    let m = missing.len();
+    if m == 0 {
+        return true;
+    }
+    let size = SYMBOL_SIZE as usize;
+    let mut unit = vec![0; k as usize * m];
+    for (j, &i) in missing.iter().enumerate() {
+        unit[i as usize * m + j] = 1;
+    }
+    let coefficients = SourceBlockEncoder::new(0, &config(k, m as u16), &unit);
+    let known = SourceBlockEncoder::new(0, &block_config(k), data);
+    let repair = |enc: &SourceBlockEncoder, esi: u32| {
+        let packet = enc.repair_packets(esi - k, 1).pop();
+        packet.expect("one repair symbol asked for").split().1
+    };
+    // Rows [c(e, lost_0..m) | r_e - known_e], reduced as they come so that
+    // each new row is zero at the earlier rows' pivots.
+    let mut rows: Vec<(usize, Symbol)> = Vec::with_capacity(m);
+    for (esi, received) in repairs.iter() {
+        let mut row = repair(&coefficients, esi);
+        row.extend(repair(&known, esi).iter().zip(received).map(|(a, b)| a ^ b));
+        let mut row = Symbol::new(row);
+        for (pivot, earlier) in &rows {
+            let f = row.as_bytes()[*pivot];
+            add_scaled(&mut row, earlier, f);
+        }
+        let Some(pivot) = row.as_bytes()[..m].iter().position(|&b| b != 0) else {
+            continue; // dependent on the rows already taken
+        };
+        let lead = row.as_bytes()[pivot];
+        if lead != 1 {
+            row.mulassign_scalar(&(Octet::one() / Octet::new(lead)));
+        }
+        rows.push((pivot, row));
+        if rows.len() == m {
+            break;
+        }
+    }
+    if rows.len() < m {
+        return false;
+    }
+    // Back substitution: the last row is a unit row; clear its pivot from
+    // the rows before it, and so on up.
+    for t in (1..m).rev() {
+        let (before, rest) = rows.split_at_mut(t);
+        let (pivot, row) = &rest[0];
+        for (_, earlier) in before {
+            let f = earlier.as_bytes()[*pivot];
+            add_scaled(earlier, row, f);
+        }
+    }
+    for (pivot, row) in rows {
+        let at = missing[pivot] as usize * size;
+        data[at..at + size].copy_from_slice(&row.as_bytes()[m..]);
+    }
+    true
+}
+
+/// `row += f·other` over GF(256).
+fn add_scaled(row: &mut Symbol, other: &Symbol, f: u8) {
+    match f {
+        0 => {}
+        1 => *row += other,
+        _ => row.fused_addassign_mul_scalar(other, &Octet::new(f)),
+    }
 }
 
 /// Symbols to send of a block of `k` so that a receiver losing a fraction
@@ -43,7 +199,6 @@ pub fn symbols_to_send(k: u32, loss: f64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raptorq::{EncodingPacket, SourceBlockDecoder, SourceBlockEncoder};
 
     #[test]
     fn sizes() {
@@ -92,5 +247,87 @@ mod tests {
             .collect();
         let mut dec = SourceBlockDecoder::new(0, &config, data.len() as u64);
         assert_eq!(dec.decode(kept).as_deref(), Some(&data[..]));
+    }
+
+    /// A block of `k` symbols of varied bytes and its encoder.
+    fn block(k: u32, seed: usize) -> (Vec<u8>, SourceBlockEncoder) {
+        let data: Vec<u8> = (0..padded_len(u64::from(k) * 1408))
+            .map(|i| ((i * 31 + seed) % 251) as u8 ^ (i >> 9) as u8)
+            .collect();
+        let enc = SourceBlockEncoder::new(0, &block_config(k), &data);
+        (data, enc)
+    }
+
+    /// Decodes `k`-symbol blocks after losing the source symbols `lost`
+    /// picks, with the first `extra` + lost-count repair symbols of those
+    /// `keep_repair` lets through.
+    fn lose_and_decode(
+        k: u32,
+        lost: impl Fn(u32) -> bool,
+        keep_repair: impl Fn(u32) -> bool,
+        extra: usize,
+    ) -> Option<Vec<u8>> {
+        let (data, enc) = block(k, k as usize);
+        let mut have = vec![true; k as usize];
+        let mut got = data.clone();
+        for i in (0..k).filter(|&i| lost(i)) {
+            have[i as usize] = false;
+            got[i as usize * 1408..(i as usize + 1) * 1408].fill(0);
+        }
+        let m = have.iter().filter(|h| !**h).count();
+        let mut repairs = Repairs::default();
+        for p in enc.repair_packets(0, 2 * k + 40) {
+            let esi = p.payload_id().encoding_symbol_id();
+            if keep_repair(esi) && repairs.len() < m + extra {
+                repairs.push(esi, p.data());
+            }
+        }
+        decode(k, &mut got, &have, &repairs).then(|| {
+            assert_eq!(got, data, "decoded but wrong");
+            got
+        })
+    }
+
+    /// Few losses take the erasure solve, many the full decode; both give
+    /// back the block, whatever the loss pattern and whichever repair
+    /// symbols made it.
+    #[test]
+    fn lost_symbols_come_back_on_either_path() {
+        for k in [8, 9, 57, 745] {
+            for rate in [1, 3, 5, 11, 12, 30, 100] {
+                let lost = |i: u32| (i.wrapping_mul(2_654_435_761) >> 7) % 100 < rate;
+                let m = (0..k).filter(|&i| lost(i)).count();
+                let keep = |e: u32| e % 7 != 2;
+                assert!(
+                    lose_and_decode(k, lost, keep, 3).is_some(),
+                    "k {k}, {m} lost, 3 extra"
+                );
+            }
+        }
+        // A single lost symbol, its one repair symbol.
+        assert!(lose_and_decode(745, |i| i == 744, |_| true, 0).is_some());
+    }
+
+    /// Too few symbols: no answer, nothing made up. Exactly as many
+    /// repair symbols as lost ones almost always suffice.
+    #[test]
+    fn too_few_symbols_decode_nothing() {
+        let lost = |i: u32| i % 20 == 3;
+        assert!(lose_and_decode(745, lost, |_| true, 0).is_some());
+        let (_, enc) = block(745, 1);
+        let mut data = vec![0; padded_len(745 * 1408)];
+        let have: Vec<bool> = (0..745).map(|i| !lost(i)).collect();
+        let mut repairs = Repairs::default();
+        for p in enc.repair_packets(0, 36) {
+            repairs.push(p.payload_id().encoding_symbol_id(), p.data());
+        }
+        // 38 lost, 36 repair symbols.
+        assert!(!decode(745, &mut data, &have, &repairs));
+        assert!(!solve_erasures(
+            745,
+            &mut data,
+            &(0..745).filter(|&i| lost(i)).collect::<Vec<_>>(),
+            &repairs
+        ));
     }
 }
