@@ -449,15 +449,18 @@ struct Collector {
 }
 
 impl Collector {
-    /// A collector for a block of `k` symbols, in `buf`'s memory.
-    fn new(k: u32, mut buf: Vec<u8>) -> Collector {
+    /// A collector for a block of `k` symbols whose first `sent` are
+    /// sent (the rest are zero padding), in `buf`'s memory.
+    fn new(k: u32, sent: u32, mut buf: Vec<u8>) -> Collector {
         buf.clear();
         buf.resize(k as usize * SYMBOL_SIZE as usize, 0);
+        let mut have = vec![false; k as usize];
+        have[sent as usize..].fill(true);
         Collector {
             k,
             data: buf,
-            have: vec![false; k as usize],
-            sources: 0,
+            have,
+            sources: k - sent,
             repairs: fec::Repairs::default(),
             try_at: k,
         }
@@ -675,9 +678,10 @@ impl Assembler {
                 return None;
             }
             self.collected += padded;
-            let k = fec::source_symbols(u64::from(e.payload_len));
+            let len = u64::from(e.payload_len);
             let buf = self.spare.try_recv().unwrap_or_default();
-            self.collectors.insert(i, Collector::new(k, buf));
+            let c = Collector::new(fec::block_symbols(len), fec::source_symbols(len), buf);
+            self.collectors.insert(i, c);
         }
         let c = self.collectors.get_mut(&i).expect("inserted above");
         let mut data = c.add(h.esi, symbol)?;
@@ -754,7 +758,7 @@ mod tests {
 
     /// A padded block of `k` symbols and its encoder.
     fn block(k: u32) -> (Vec<u8>, raptorq::SourceBlockEncoder) {
-        let data: Vec<u8> = (0..fec::padded_len(u64::from(k) * 1408))
+        let data: Vec<u8> = (0..k as usize * 1408)
             .map(|i| (i * 7 % 253) as u8)
             .collect();
         let enc = raptorq::SourceBlockEncoder::new(0, &fec::block_config(k), &data);
@@ -764,7 +768,7 @@ mod tests {
     #[test]
     fn every_source_symbol_completes_a_chunk() {
         let (data, enc) = block(40);
-        let mut c = Collector::new(40, Vec::new());
+        let mut c = Collector::new(40, 40, Vec::new());
         let packets = enc.source_packets();
         let (last, rest) = packets.split_last().unwrap();
         for p in rest.iter().rev().chain(&rest[..3]) {
@@ -777,10 +781,26 @@ mod tests {
         assert_eq!(got.as_deref(), Some(&data[..]));
     }
 
+    /// A block padded past its source symbols completes from them alone,
+    /// and a symbol id in the padding (never sent) changes nothing.
+    #[test]
+    fn padding_symbols_are_never_waited_for() {
+        let payload: Vec<u8> = (0..40 * 1408).map(|i| (i % 249) as u8).collect();
+        let mut c = Collector::new(64, 40, Vec::new());
+        assert!(c.add(50, &[7; 1408]).is_none());
+        let mut got = None;
+        for (esi, symbol) in payload.chunks(1408).enumerate() {
+            got = c.add(esi as u32, symbol);
+        }
+        let got = got.expect("complete after the 40 source symbols");
+        assert_eq!(&got[..payload.len()], &payload[..]);
+        assert!(got[payload.len()..].iter().all(|&b| b == 0));
+    }
+
     #[test]
     fn lost_source_symbols_are_made_up_by_repair_symbols() {
         let (data, enc) = block(40);
-        let mut c = Collector::new(40, Vec::new());
+        let mut c = Collector::new(40, 40, Vec::new());
         for p in enc
             .source_packets()
             .iter()
@@ -882,9 +902,10 @@ mod tests {
     fn datagrams(chunk: u32, payload: &[u8], repairs: u32, seq: &mut u64) -> Vec<Vec<u8>> {
         let mut padded = payload.to_vec();
         padded.resize(fec::padded_len(payload.len() as u64), 0);
-        let k = fec::source_symbols(payload.len() as u64);
-        let enc = SourceBlockEncoder::new(0, &fec::block_config(k), &padded);
+        let len = payload.len() as u64;
+        let enc = SourceBlockEncoder::new(0, &fec::block_config(fec::block_symbols(len)), &padded);
         let mut packets = enc.source_packets();
+        packets.truncate(fec::source_symbols(len) as usize);
         packets.extend(enc.repair_packets(0, repairs));
         packets
             .iter()

@@ -1,7 +1,9 @@
 //! How chunks become RaptorQ symbols (RFC 6330) and how many to send.
 //! Each chunk's payload is one source block of K symbols of
 //! `SYMBOL_SIZE` bytes, zero-padded at the end; any K (and a few) distinct
-//! symbols rebuild it.
+//! symbols rebuild it. K is the payload's symbol count rounded up to a
+//! multiple of [`BLOCK_GRANULE`]: the padding symbols are zero on both
+//! ends and never sent.
 
 use raptorq::{
     EncodingPacket, ObjectTransmissionInformation, Octet, PayloadId, SourceBlockDecoder,
@@ -14,14 +16,29 @@ use super::wire::SYMBOL_SIZE;
 /// be multicast (prepared images use 1 MiB chunks).
 pub const MAX_SYMBOLS: u32 = 56403;
 
-/// Symbols (K) of a payload of `len` bytes.
+/// Source symbols of a payload of `len` bytes: the ones sent.
 pub fn source_symbols(len: u64) -> u32 {
     len.div_ceil(u64::from(SYMBOL_SIZE)) as u32
 }
 
+/// The raptorq crate caches an encoding schedule (worth a whole solve,
+/// 1.4 ms for a 1 MiB block here) per K, for 64 values of K. Compressed
+/// chunks come in every size, so with K the exact symbol count nearly
+/// every chunk would pay for a new schedule; rounded up to a multiple of
+/// this, 1 MiB chunks need at most 24.
+pub const BLOCK_GRANULE: u32 = 32;
+
+/// Symbols of the code's block (K) for a payload of `len` bytes
+/// (`source_symbols(len) <= MAX_SYMBOLS`).
+pub fn block_symbols(len: u64) -> u32 {
+    source_symbols(len)
+        .next_multiple_of(BLOCK_GRANULE)
+        .min(MAX_SYMBOLS)
+}
+
 /// Padded length of a payload of `len` bytes: what the code works on.
 pub fn padded_len(len: u64) -> usize {
-    source_symbols(len) as usize * SYMBOL_SIZE as usize
+    block_symbols(len) as usize * SYMBOL_SIZE as usize
 }
 
 /// The code's parameters for a block of `k` symbols (`k <= MAX_SYMBOLS`).
@@ -182,8 +199,8 @@ fn add_scaled(row: &mut Symbol, other: &Symbol, f: u8) {
     }
 }
 
-/// Symbols to send of a block of `k` so that a receiver losing a fraction
-/// `loss` of them still gets K + 2 with three standard deviations to
+/// Symbols to send of a chunk of `k` source symbols so that a receiver
+/// losing a fraction `loss` of them still gets k + 2 with three standard deviations to
 /// spare: then nearly every chunk decodes in the pass it is sent in, and
 /// a receiver never has to wait for the loop to come round.
 pub fn symbols_to_send(k: u32, loss: f64) -> u32 {
@@ -205,7 +222,12 @@ mod tests {
         assert_eq!(source_symbols(1), 1);
         assert_eq!(source_symbols(1408), 1);
         assert_eq!(source_symbols(1409), 2);
-        assert_eq!(padded_len(1 << 20), 745 * 1408);
+        assert_eq!(source_symbols(1 << 20), 745);
+        assert_eq!(block_symbols(1), 32);
+        assert_eq!(block_symbols(1 << 20), 768);
+        assert_eq!(padded_len(1 << 20), 768 * 1408);
+        let largest = u64::from(MAX_SYMBOLS) * 1408;
+        assert_eq!(block_symbols(largest), MAX_SYMBOLS);
     }
 
     #[test]
@@ -228,7 +250,7 @@ mod tests {
     #[test]
     fn planned_loss_decodes() {
         let k = 120;
-        let data: Vec<u8> = (0..padded_len(k as u64 * 1408))
+        let data: Vec<u8> = (0..k as usize * 1408)
             .map(|i| (i * 13 % 251) as u8)
             .collect();
         let config = block_config(k);
@@ -251,7 +273,7 @@ mod tests {
 
     /// A block of `k` symbols of varied bytes and its encoder.
     fn block(k: u32, seed: usize) -> (Vec<u8>, SourceBlockEncoder) {
-        let data: Vec<u8> = (0..padded_len(u64::from(k) * 1408))
+        let data: Vec<u8> = (0..k as usize * 1408)
             .map(|i| ((i * 31 + seed) % 251) as u8 ^ (i >> 9) as u8)
             .collect();
         let enc = SourceBlockEncoder::new(0, &block_config(k), &data);
@@ -315,7 +337,7 @@ mod tests {
         let lost = |i: u32| i % 20 == 3;
         assert!(lose_and_decode(745, lost, |_| true, 0).is_some());
         let (_, enc) = block(745, 1);
-        let mut data = vec![0; padded_len(745 * 1408)];
+        let mut data = vec![0; 745 * 1408];
         let have: Vec<bool> = (0..745).map(|i| !lost(i)).collect();
         let mut repairs = Repairs::default();
         for p in enc.repair_packets(0, 36) {

@@ -315,23 +315,26 @@ impl Sender {
         let e = &self.head.manifest.extents[i];
         let at = self.head.manifest.payload_area + e.payload_offset;
         let len = e.payload_len as u64;
-        let k = fec::source_symbols(len);
+        let (k, sources) = (fec::block_symbols(len), fec::source_symbols(len));
         self.payload.clear();
         self.payload.resize(fec::padded_len(len), 0);
         self.file
             .read_exact_at(&mut self.payload[..len as usize], at)
             .with_context(|| format!("reading chunk {i} of the image"))?;
-        let mut to_send = fec::symbols_to_send(k, loss);
+        // The block's padding symbols are known zeros: a receiver needs
+        // as many symbols as there are source symbols.
+        let mut to_send = fec::symbols_to_send(sources, loss);
         let chunk = i as u32;
         if !self.sent_source[i] {
             self.sent_source[i] = true;
             let payload = std::mem::take(&mut self.payload);
-            for (esi, symbol) in payload.chunks(SYMBOL_SIZE as usize).enumerate() {
+            let symbols = payload.chunks(SYMBOL_SIZE as usize).take(sources as usize);
+            for (esi, symbol) in symbols.enumerate() {
                 self.send(chunk, esi as u32, symbol)?;
             }
             self.payload = payload;
             to_send = if loss >= NEGLIGIBLE_LOSS {
-                to_send - k
+                to_send - sources
             } else {
                 0
             };

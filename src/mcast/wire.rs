@@ -10,7 +10,9 @@ use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use serde::{Deserialize, Serialize};
 
 /// 2: datagrams sealed with AES-128-GCM (docs/MULTICAST.md).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: a chunk's block is padded to a multiple of 32 symbols, so repair
+/// symbol ids start there.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 const MAGIC: [u8; 4] = *b"RIMC";
 /// 2: the symbol is AES-128-GCM sealed (version 1 had a keyed BLAKE3 tag).
