@@ -124,40 +124,37 @@ const ERASURE_SOLVE_LIMIT: usize = 8;
 
 /// Solves for the `m` lost source symbols alone. The code is linear over
 /// GF(256), byte by byte: a repair symbol is `Σ c(e,i)·source_i` with the
-/// same coefficients at every byte. So the block is encoded once with each
-/// symbol widened by m bytes in front: the lost symbols' data is zero and
-/// lost symbol j's front is the j-th unit vector, all other fronts zero.
-/// Each repair symbol of that encode is then `[c(e, lost_0..m) | known_e]`,
-/// `known_e` being its part from the symbols we have, which leaves
-/// `r_e - known_e = Σ_j c(e, lost_j)·x_j`; Gaussian elimination over m
-/// independent repair symbols yields the x_j. That is one encode (whose
-/// operation schedule the raptorq crate caches per K) and about m² symbol
-/// operations, where a general decode solves for all K + S + H
-/// intermediate symbols of a fresh constraint matrix.
+/// same coefficients at every byte. So (1) encoding the block with the lost
+/// symbols zero gives each repair symbol's part from the symbols we have,
+/// which leaves `r_e - known_e = Σ_j c(e, lost_j)·x_j`; (2) encoding a block
+/// of m-byte symbols, lost symbol j being the j-th unit vector, gives the
+/// coefficients c(e, lost_j); (3) Gaussian elimination over m independent
+/// repair symbols yields the x_j. That is two encodes (whose operation
+/// schedule the raptorq crate caches per K) and about m² symbol operations,
+/// where a general decode solves for all K + S + H intermediate symbols of
+/// a fresh constraint matrix.
 fn solve_erasures(k: u32, data: &mut [u8], missing: &[u32], repairs: &Repairs) -> bool {
     let m = missing.len();
     if m == 0 {
         return true;
     }
     let size = SYMBOL_SIZE as usize;
-    let wide = m + size;
-    let mut block = vec![0; k as usize * wide];
-    for (symbol, widened) in data.chunks(size).zip(block.chunks_mut(wide)) {
-        widened[m..].copy_from_slice(symbol);
-    }
+    let mut unit = vec![0; k as usize * m];
     for (j, &i) in missing.iter().enumerate() {
-        block[i as usize * wide + j] = 1;
+        unit[i as usize * m + j] = 1;
     }
-    let encoder = SourceBlockEncoder::new(0, &config(k, wide as u16), &block);
+    let coefficients = SourceBlockEncoder::new(0, &config(k, m as u16), &unit);
+    let known = SourceBlockEncoder::new(0, &block_config(k), data);
+    let repair = |enc: &SourceBlockEncoder, esi: u32| {
+        let packet = enc.repair_packets(esi - k, 1).pop();
+        packet.expect("one repair symbol asked for").split().1
+    };
     // Rows [c(e, lost_0..m) | r_e - known_e], reduced as they come so that
     // each new row is zero at the earlier rows' pivots.
     let mut rows: Vec<(usize, Symbol)> = Vec::with_capacity(m);
     for (esi, received) in repairs.iter() {
-        let packet = encoder.repair_packets(esi - k, 1).pop();
-        let mut row = packet.expect("one repair symbol asked for").split().1;
-        for (a, b) in row[m..].iter_mut().zip(received) {
-            *a ^= b;
-        }
+        let mut row = repair(&coefficients, esi);
+        row.extend(repair(&known, esi).iter().zip(received).map(|(a, b)| a ^ b));
         let mut row = Symbol::new(row);
         for (pivot, earlier) in &rows {
             let f = row.as_bytes()[*pivot];
