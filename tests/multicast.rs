@@ -118,6 +118,21 @@ impl Drop for Server {
     }
 }
 
+/// A server without DNS-SD at `rate` bytes/s, slow enough for a test to act
+/// midway through a pass; and its config, to start another.
+fn paced_server(lan: &Netns, dir: &Path, group: &str, rate: u64) -> (PathBuf, Server) {
+    let config = plist(
+        dir,
+        group,
+        &[
+            ("DNS Service Discovery", "<false/>"),
+            ("Data Rate", &format!("<integer>{rate}</integer>")),
+        ],
+    );
+    let server = Server::start(lan, &fixture().image, &config, dir.join("server.log"));
+    (config, server)
+}
+
 fn server_url() -> String {
     format!("mcast://{}", Netns::lan_addr(0))
 }
@@ -233,19 +248,10 @@ fn three_clients_lossless_and_with_1_5_and_20_percent_loss() {
 
 #[test]
 fn a_client_joining_midway_and_a_client_restarted_both_finish() {
-    let f = fixture();
     let dir = scratch();
     let lan = Netns::lan("rmc-join", &HOSTS);
     // Slow enough that a pass takes a few seconds.
-    let config = plist(
-        dir.path(),
-        "239.255.42.2",
-        &[
-            ("DNS Service Discovery", "<false/>"),
-            ("Data Rate", "<integer>8000000</integer>"),
-        ],
-    );
-    let _server = Server::start(&lan, &f.image, &config, dir.path().join("server.log"));
+    let (_, _server) = paced_server(&lan, dir.path(), "239.255.42.2", 8_000_000);
     let (first, late, killed) = (
         dir.path().join("first.img"),
         dir.path().join("late.img"),
@@ -266,18 +272,9 @@ fn a_client_joining_midway_and_a_client_restarted_both_finish() {
 
 #[test]
 fn a_dead_server_makes_clients_give_up_after_the_timeout_and_erase() {
-    let f = fixture();
     let dir = scratch();
     let lan = Netns::lan("rmc-dead", &HOSTS[..2]);
-    let config = plist(
-        dir.path(),
-        "239.255.42.3",
-        &[
-            ("DNS Service Discovery", "<false/>"),
-            ("Data Rate", "<integer>4000000</integer>"),
-        ],
-    );
-    let mut server = Server::start(&lan, &f.image, &config, dir.path().join("server.log"));
+    let (_, mut server) = paced_server(&lan, dir.path(), "239.255.42.3", 4_000_000);
     let (_file, target) = random_loop(dir.path(), 48);
     let c = client(&lan, "c1", target.path(), &["--timeout", "2"]);
     server.await_output("Starting stream", 1);
@@ -294,6 +291,35 @@ fn a_dead_server_makes_clients_give_up_after_the_timeout_and_erase() {
         stderr(&o)
     );
     assert_empty_gpt(target.path());
+}
+
+/// A server killed midway and started again with the same image: the
+/// client rejoins the new session and finishes with what it already held
+/// plus the rest, instead of giving up.
+#[test]
+fn a_client_rejoins_a_restarted_server() {
+    let f = fixture();
+    let dir = scratch();
+    let lan = Netns::lan("rmc-again", &HOSTS[..2]);
+    let (config, mut server) = paced_server(&lan, dir.path(), "239.255.42.8", 2_000_000);
+    let out = dir.path().join("out.img");
+    let c = client(&lan, "c1", &out, &["--timeout", "30"]);
+    server.await_output("Starting stream", 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    server.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    let again = Server::start(&lan, &f.image, &config, dir.path().join("again.log"));
+    let o = finish(c);
+    assert_restored(&o, &out);
+    let err = stderr(&o);
+    let held = err
+        .split("rejoined its stream holding ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("no rejoin reported: {err}"));
+    assert!(held > 0, "{err}");
+    again.stop();
 }
 
 /// Datagrams injected on the group from another host — random ones with

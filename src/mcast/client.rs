@@ -57,6 +57,12 @@ struct Shared {
     control: Mutex<Option<TcpStream>>,
 }
 
+/// A mutex's guard, poisoned or not: a panicked thread's last word on
+/// these (counters, a connection, a message) is still the best there is.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Shared {
     fn missing(&self) -> Vec<(u32, u32)> {
         let mut ranges: Vec<(u32, u32)> = Vec::new();
@@ -74,7 +80,7 @@ impl Shared {
     }
 
     fn send(&self, m: &Msg) -> std::io::Result<()> {
-        let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = lock(&self.control);
         let c = c.as_mut().ok_or(std::io::ErrorKind::NotConnected)?;
         wire::write_msg(c, m)
     }
@@ -82,6 +88,7 @@ impl Shared {
 
 pub struct MulticastSource {
     spec: String,
+    server: SocketAddr,
     info: ImageInfo,
     welcome: wire::Welcome,
     key: Key,
@@ -127,10 +134,18 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "client".into())
 }
 
-pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
-    let (host, port) = parse_url(spec)?;
-    let ip = crate::source::lookup_ipv4(&host).with_context(|| spec.to_owned())?;
-    let server = SocketAddr::from((ip, port));
+/// What a control connection's handshake brings: the session it joins.
+struct Session {
+    conn: TcpStream,
+    welcome: wire::Welcome,
+    key: Key,
+    head: ImageHead,
+    /// This machine's address facing the server.
+    local: Ipv4Addr,
+}
+
+/// Connects to the server, says hello and reads the welcome and manifest.
+fn handshake(spec: &str, server: SocketAddr) -> Result<Session> {
     let mut conn = TcpStream::connect_timeout(&server, Duration::from_secs(10))
         .with_context(|| format!("connecting to the multicast server at {server}"))?;
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -154,6 +169,26 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
         SocketAddr::V4(a) => *a.ip(),
         SocketAddr::V6(_) => bail!("{spec}: multicast needs IPv4"),
     };
+    Ok(Session {
+        conn,
+        welcome,
+        key,
+        head,
+        local,
+    })
+}
+
+pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
+    let (host, port) = parse_url(spec)?;
+    let ip = crate::source::lookup_ipv4(&host).with_context(|| spec.to_owned())?;
+    let server = SocketAddr::from((ip, port));
+    let Session {
+        conn,
+        welcome,
+        key,
+        head,
+        local,
+    } = handshake(spec, server)?;
     let n = head.manifest.extents.len();
     let mut info = crate::source::prepared_info(head);
     info.signature = welcome.signature.clone();
@@ -167,6 +202,7 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
     });
     Ok(Box::new(MulticastSource {
         spec: spec.to_owned(),
+        server,
         info,
         welcome,
         key,
@@ -237,16 +273,25 @@ impl MulticastSource {
         let (decoded_tx, decoded_rx) = bounded(4);
         let (refused_tx, refused_rx) = unbounded();
         let (spare_tx, spare_rx) = bounded(SPARE_BUFFERS);
+        let (rekey_tx, rekey_rx) = unbounded();
         let head = self
             .info
             .head
             .clone()
             .expect("multicast sources have a head");
+        let rejoin = Rejoin {
+            spec: self.spec.clone(),
+            server: self.server,
+            digest: head.digest(),
+            stream: (w.group, w.port, self.local),
+            rekey: rekey_tx,
+        };
         let receiver = ReceiveLoop {
             socket,
             assembler: Assembler::new(self.key, w.session, head, self.shared.clone(), spare_rx),
             decoded: decoded_tx,
             refused: refused_rx,
+            rekey: rekey_rx,
         };
         std::thread::Builder::new()
             .name("mcast-receive".into())
@@ -258,7 +303,7 @@ impl MulticastSource {
         let shared = self.shared.clone();
         std::thread::Builder::new()
             .name("mcast-control".into())
-            .spawn(move || watch_control(&shared))?;
+            .spawn(move || watch_control(&shared, &rejoin))?;
         self.decoded = Some(decoded_rx);
         self.refused = Some(refused_tx);
         self.spare = Some(spare_tx);
@@ -335,11 +380,7 @@ impl ChunkSource for MulticastSource {
                 Ok(x) => x,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                     if let Some(t) = self.timeout.filter(|t| self.silence() > *t) {
-                        let why = self
-                            .shared
-                            .control_lost
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
+                        let why = lock(&self.shared.control_lost)
                             .clone()
                             .map_or_else(String::new, |w| format!(" ({w})"));
                         bail!(
@@ -510,6 +551,8 @@ struct ReceiveLoop {
     assembler: Assembler,
     decoded: Sender<(usize, Vec<u8>)>,
     refused: Receiver<usize>,
+    /// A restarted server's session key and id, once the client rejoined.
+    rekey: Receiver<(Key, u64)>,
 }
 
 /// Receive slots filled per receive call (recvmmsg): one system call and
@@ -535,6 +578,9 @@ impl ReceiveLoop {
         while !shared.stop.load(Ordering::Relaxed) {
             while let Ok(i) = self.refused.try_recv() {
                 self.assembler.forget(i);
+            }
+            while let Ok((key, session)) = self.rekey.try_recv() {
+                self.assembler.rejoin(&key, session);
             }
             let got = match self.receive(&mut bufs, &mut slots) {
                 Ok(n) => n,
@@ -618,6 +664,10 @@ struct Assembler {
     collected: usize,
     first_seq: Option<u64>,
     first_pass: Option<u32>,
+    /// Datagrams expected and passes seen in earlier sessions (before the
+    /// server restarted), which this session's counts add to.
+    seq_base: u64,
+    pass_base: u32,
     /// Payload buffers the restore is done with, for new collectors.
     spare: Receiver<Vec<u8>>,
 }
@@ -639,8 +689,23 @@ impl Assembler {
             collected: 0,
             first_seq: None,
             first_pass: None,
+            seq_base: 0,
+            pass_base: 0,
             spare,
         }
+    }
+
+    /// The server restarted: take the new session's datagrams from now on.
+    /// Symbols collected so far stay: a chunk's symbol with a given id is
+    /// the same in every session (RaptorQ encodes deterministically).
+    fn rejoin(&mut self, key: &Key, session: u64) {
+        self.key = wire::DatagramKey::new(key);
+        self.session = session;
+        let stats = &self.shared.stats;
+        self.seq_base = stats.expected.load(Ordering::Relaxed);
+        self.pass_base = stats.passes.load(Ordering::Relaxed);
+        self.first_seq = None;
+        self.first_pass = None;
     }
 
     /// Chunk `i` failed its digest check after decoding: collect it again.
@@ -655,13 +720,15 @@ impl Assembler {
         let stats = &self.shared.stats;
         let first = *self.first_seq.get_or_insert(h.seq);
         let first_pass = *self.first_pass.get_or_insert(h.pass);
-        stats
-            .passes
-            .fetch_max(h.pass.saturating_sub(first_pass) + 1, Ordering::Relaxed);
+        stats.passes.fetch_max(
+            self.pass_base + h.pass.saturating_sub(first_pass) + 1,
+            Ordering::Relaxed,
+        );
         stats.received.fetch_add(1, Ordering::Relaxed);
-        stats
-            .expected
-            .fetch_max(h.seq.saturating_sub(first) + 1, Ordering::Relaxed);
+        stats.expected.fetch_max(
+            self.seq_base + h.seq.saturating_sub(first) + 1,
+            Ordering::Relaxed,
+        );
         stats.last_data_ms.store(
             self.shared.epoch.elapsed().as_millis() as u64,
             Ordering::Relaxed,
@@ -722,34 +789,98 @@ fn report_loop(shared: &Shared) {
             overflows: s.overflows.load(Ordering::Relaxed),
             written: s.written.load(Ordering::Relaxed),
         });
-        if shared.send(&report).is_err() {
-            return;
-        }
+        // Failing while the control connection is down (the server
+        // restarting): the next report goes to the rejoined server.
+        let _ = shared.send(&report);
         std::thread::sleep(REPORT_EVERY);
     }
 }
 
-/// Notices the server going away (or ending the session with an error),
-/// so a timeout can say why the data stopped.
-fn watch_control(shared: &Shared) {
+/// How often a client whose server went away tries to reach it again.
+const REJOIN_EVERY: Duration = Duration::from_secs(1);
+
+/// What a client needs to rejoin its stream after the server restarted.
+struct Rejoin {
+    spec: String,
+    server: SocketAddr,
+    /// The image being restored: only a server streaming it will do.
+    digest: format::Digest,
+    /// Group, port and local address the receiver's socket is joined to.
+    stream: (Ipv4Addr, u16, Ipv4Addr),
+    rekey: Sender<(Key, u64)>,
+}
+
+impl Rejoin {
+    /// Joins the server's current session if it streams the same image to
+    /// the same group, handing the receiver the new key.
+    fn attempt(&self, shared: &Shared) -> Result<()> {
+        let s = handshake(&self.spec, self.server)?;
+        if s.head.digest() != self.digest {
+            bail!("the server now streams a different image");
+        }
+        if (s.welcome.group, s.welcome.port, s.local) != self.stream {
+            bail!("the server now streams to a different group or port");
+        }
+        let held = (shared.held.iter())
+            .filter(|h| h.load(Ordering::Relaxed))
+            .count();
+        // The receive loop ends only with the restore, which stops this
+        // thread too.
+        let _ = self.rekey.send((s.key, s.welcome.session));
+        *lock(&shared.control) = Some(s.conn);
+        *lock(&shared.control_lost) = None;
+        eprintln!(
+            "{}: the server restarted; rejoined its stream holding {held} of {} chunks",
+            self.spec,
+            shared.held.len()
+        );
+        Ok(())
+    }
+}
+
+/// Watches the control connection. When it ends, notes why (so a timeout
+/// can say why the data stopped) and tries to rejoin: a server restarted
+/// with the same image starts a new session, and the client carries on in
+/// it with every chunk it holds, instead of giving up after `--timeout`
+/// and erasing the target.
+fn watch_control(shared: &Shared, rejoin: &Rejoin) {
+    loop {
+        let why = control_ended(shared);
+        // Set before the client's last message: the server closing the
+        // connection after it is no reason to rejoin.
+        if shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        *lock(&shared.control) = None;
+        *lock(&shared.control_lost) = Some(why.clone());
+        loop {
+            std::thread::sleep(REJOIN_EVERY);
+            if shared.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match rejoin.attempt(shared) {
+                Ok(()) => break,
+                Err(e) => *lock(&shared.control_lost) = Some(format!("{why}; rejoining: {e:#}")),
+            }
+        }
+    }
+}
+
+/// Waits until the control connection ends; says how it did.
+fn control_ended(shared: &Shared) -> String {
     // A clone, so the lock is not held while waiting for the server.
-    let cloned = (shared.control.lock())
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .map(TcpStream::try_clone);
-    let Some(Ok(mut conn)) = cloned else {
-        return;
+    let cloned = lock(&shared.control).as_ref().map(TcpStream::try_clone);
+    let mut conn = match cloned {
+        Some(Ok(conn)) => conn,
+        Some(Err(e)) => return format!("the control connection failed: {e}"),
+        None => return "no control connection".to_owned(),
     };
     let _ = conn.set_read_timeout(None);
-    let why = match wire::read_msg(&mut conn, 64 << 10) {
+    match wire::read_msg(&mut conn, 64 << 10) {
         Ok(Some(Msg::Error(e))) => format!("the server ended the session: {e}"),
         Ok(_) => "the server closed the control connection".to_owned(),
         Err(e) => format!("the control connection failed: {e:#}"),
-    };
-    *shared
-        .control_lost
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
 }
 
 #[cfg(test)]
@@ -900,6 +1031,18 @@ mod tests {
 
     /// The datagrams of one transmission: source symbols, then `repairs`.
     fn datagrams(chunk: u32, payload: &[u8], repairs: u32, seq: &mut u64) -> Vec<Vec<u8>> {
+        session_datagrams(&KEY, SESSION, chunk, payload, repairs, seq)
+    }
+
+    /// `datagrams` of another session.
+    fn session_datagrams(
+        key: &Key,
+        session: u64,
+        chunk: u32,
+        payload: &[u8],
+        repairs: u32,
+        seq: &mut u64,
+    ) -> Vec<Vec<u8>> {
         let mut padded = payload.to_vec();
         padded.resize(fec::padded_len(payload.len() as u64), 0);
         let len = payload.len() as u64;
@@ -911,7 +1054,7 @@ mod tests {
             .iter()
             .map(|p| {
                 let h = wire::SymbolHeader {
-                    session: SESSION,
+                    session,
                     seq: *seq,
                     chunk,
                     esi: p.payload_id().encoding_symbol_id(),
@@ -919,7 +1062,7 @@ mod tests {
                 };
                 *seq += 1;
                 let mut d = Vec::new();
-                wire::encode_symbol(&wire::DatagramKey::new(&KEY), &h, p.data(), &mut d);
+                wire::encode_symbol(&wire::DatagramKey::new(key), &h, p.data(), &mut d);
                 d
             })
             .collect()
@@ -1001,6 +1144,32 @@ mod tests {
             again.iter().filter_map(|d| a.take(&mut d.clone())).count(),
             1
         );
+    }
+
+    #[test]
+    fn symbols_collected_before_a_server_restart_count_after_it() {
+        let (head, payloads) = image(&[60_000]);
+        let mut a = assembler(head);
+        let mut seq = 0;
+        let old = datagrams(0, &payloads[0], 0, &mut seq);
+        let half = old.len() / 2;
+        assert!(old[..half].iter().all(|d| a.take(&mut d.clone()).is_none()));
+        let key = [9u8; 32];
+        a.rejoin(&key, SESSION + 1);
+        // The old session's datagrams are no longer the stream's.
+        assert!(a.take(&mut old[half].clone()).is_none());
+        assert_eq!(a.shared.stats.received.load(Ordering::Relaxed), half as u64);
+        // The restarted server sends the chunk again from the start: its
+        // second half completes the first half collected before.
+        let mut seq = 0;
+        let new = session_datagrams(&key, SESSION + 1, 0, &payloads[0], 0, &mut seq);
+        let done: Vec<_> = new[half..]
+            .iter()
+            .filter_map(|d| a.take(&mut d.clone()))
+            .collect();
+        assert_eq!(done, [(0, payloads[0].clone())]);
+        // Nothing was lost; each session's pass counts.
+        assert_eq!((a.shared.loss_percent(), a.shared.passes()), (0.0, 2));
     }
 
     #[test]

@@ -153,14 +153,25 @@ const CATCH_UP: Duration = Duration::from_millis(10);
 
 impl Pacer {
     fn pace(&mut self, bytes: usize) {
-        let now = Instant::now();
+        let wait = self.book(Instant::now(), bytes);
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// Books `bytes` to go out at `now`; returns how long to wait first.
+    /// Kept apart from the clock, so tests can drive it with their own.
+    fn book(&mut self, now: Instant, bytes: usize) -> Duration {
         if self.next + CATCH_UP < now {
             self.next = now.checked_sub(CATCH_UP).unwrap_or(now);
         }
-        if self.next > now + SLACK {
-            std::thread::sleep(self.next - now);
-        }
+        let wait = if self.next > now + SLACK {
+            self.next - now
+        } else {
+            Duration::ZERO
+        };
         self.next += Duration::from_secs_f64(bytes as f64 / self.rate);
+        wait
     }
 }
 
@@ -710,53 +721,56 @@ mod tests {
         }
     }
 
+    /// A pacer at 20 MB/s and a clock of its own that starts with it.
+    fn pacer() -> (Pacer, Instant) {
+        let now = Instant::now();
+        (
+            Pacer {
+                rate: 20e6,
+                next: now,
+            },
+            now,
+        )
+    }
+
     /// However the bytes come, the pacer never lets them out faster than
     /// the rate (beyond one burst of SLACK).
     #[test]
     fn pacing_never_exceeds_the_rate() {
-        let rate = 20e6;
-        let mut pacer = Pacer {
-            rate,
-            next: Instant::now(),
-        };
-        let started = Instant::now();
-        let mut sent = 0usize;
+        let (mut pacer, start) = pacer();
+        let (mut now, mut sent) = (start, 0usize);
         for i in 0..4000 {
             let n = 1460 - (i % 7) * 100;
-            pacer.pace(n);
+            now += pacer.book(now, n);
             sent += n;
+            let allowed = (now - start + SLACK).as_secs_f64() * pacer.rate;
+            assert!(sent as f64 <= allowed + 1460.0, "{sent} bytes by {now:?}");
         }
-        let floor = sent as f64 / rate - 2.0 * SLACK.as_secs_f64();
-        assert!(started.elapsed().as_secs_f64() >= floor);
     }
 
     #[test]
     fn a_preempted_sender_catches_up_but_an_idle_one_earns_little() {
-        let rate = 20e6;
-        let mut pacer = Pacer {
-            rate,
-            next: Instant::now(),
-        };
-        let started = Instant::now();
+        let (mut pacer, start) = pacer();
+        let mut now = start;
         let datagrams = 2000; // 2.92 MB: 146 ms at 20 MB/s
         for i in 0..datagrams {
             if i == datagrams / 2 {
                 // Preempted for 8 ms: made up by sending faster after.
-                std::thread::sleep(Duration::from_millis(8));
+                now += Duration::from_millis(8);
             }
-            pacer.pace(1460);
+            now += pacer.book(now, 1460);
         }
-        let planned = (datagrams * 1460) as f64 / rate;
-        let took = started.elapsed().as_secs_f64();
-        assert!(took < planned + 0.006, "{took} s for {planned} s of data");
+        let planned = (datagrams * 1460) as f64 / pacer.rate;
+        let took = (now - start).as_secs_f64();
+        assert!(took <= planned, "{took} s for {planned} s of data");
         // After a long idle spell, at most CATCH_UP's worth goes at once.
-        std::thread::sleep(Duration::from_millis(100));
-        let burst_start = Instant::now();
+        now += Duration::from_millis(100);
+        let burst_start = now;
         for _ in 0..1000 {
-            pacer.pace(1460);
+            now += pacer.book(now, 1460);
         }
-        let burst = burst_start.elapsed().as_secs_f64();
-        let floor = 1000.0 * 1460.0 / rate - CATCH_UP.as_secs_f64() - SLACK.as_secs_f64();
+        let burst = (now - burst_start).as_secs_f64();
+        let floor = 1000.0 * 1460.0 / pacer.rate - CATCH_UP.as_secs_f64() - SLACK.as_secs_f64();
         assert!(burst >= floor, "{burst} s < {floor} s");
     }
 
