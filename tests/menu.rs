@@ -159,26 +159,33 @@ impl Drop for DevNode {
 }
 
 /// A sysfs tree holding one virtio disk, `node`, of `mib` MiB and no
-/// partitions: the shape `/sys/block/NAME` → `../devices/...` has.
+/// partitions: the shape `/sys/block/NAME` → `../devices/...` has. Beside
+/// it a read-only disk, `rdonly9` (listed first, were it offered).
 fn fake_sys(dir: &Path, node: &DevNode, mib: u64) -> PathBuf {
     let sys = dir.join("sys");
-    let device = sys
-        .join("devices/pci0000:00/0000:00:04.0/virtio9/block")
-        .join(&node.name);
-    std::fs::create_dir_all(device.join("device")).unwrap();
-    let sectors = (mib * MIB / 512).to_string();
-    for (file, value) in [
-        ("size", sectors.as_str()),
-        ("serial", "menu-test"),
-        ("device/model", "reimage test disk"),
-        ("removable", "0"),
-        ("ro", "0"),
-    ] {
-        std::fs::write(device.join(file), format!("{value}\n")).unwrap();
-    }
     std::fs::create_dir_all(sys.join("block")).unwrap();
-    let link = Path::new("../devices/pci0000:00/0000:00:04.0/virtio9/block").join(&node.name);
-    std::os::unix::fs::symlink(link, sys.join("block").join(&node.name)).unwrap();
+    let sectors = (mib * MIB / 512).to_string();
+    for (name, bus, ro) in [
+        (node.name.as_str(), "virtio9", "0"),
+        ("rdonly9", "virtio8", "1"),
+    ] {
+        let link = Path::new("../devices/pci0000:00/0000:00:04.0")
+            .join(bus)
+            .join("block")
+            .join(name);
+        let device = sys.join("block").join(&link);
+        std::fs::create_dir_all(device.join("device")).unwrap();
+        for (file, value) in [
+            ("size", sectors.as_str()),
+            ("serial", "menu-test"),
+            ("device/model", "reimage test disk"),
+            ("removable", "0"),
+            ("ro", ro),
+        ] {
+            std::fs::write(device.join(file), format!("{value}\n")).unwrap();
+        }
+        std::os::unix::fs::symlink(link, sys.join("block").join(name)).unwrap();
+    }
     sys
 }
 
@@ -218,6 +225,10 @@ fn menu_up_to_confirm(dir: &Path, images: &Path, node: &DevNode) -> Tmux {
     assert!(
         !screen.contains("/dev/loop"),
         "a loop device is offered:\n{screen}"
+    );
+    assert!(
+        !screen.contains("rdonly9"),
+        "a read-only disk is offered:\n{screen}"
     );
     t.keys(&["Enter"]);
     t.wait_for_text("Step 3 of 3: confirm erasing the disk", 5);

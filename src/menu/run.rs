@@ -698,14 +698,16 @@ fn boot_disks(opts: &MenuOptions, disks: &[Disk]) -> Vec<String> {
 }
 
 /// The disks to offer: all that [`disks::list`] lists (it leaves out loop,
-/// RAM, optical and other virtual devices), but the boot medium.
+/// RAM, optical and other virtual devices), but the boot medium and
+/// read-only disks (a write-protected card: the restore's preflight would
+/// refuse it only after the user picked and confirmed it).
 fn targets(opts: &MenuOptions) -> Result<Vec<TargetEntry>> {
     let mut disks = disks::list(&opts.sys)?;
     disks::probe_labels(&mut disks, Path::new("/dev"));
     let boot = boot_disks(opts, &disks);
     Ok(disks
         .into_iter()
-        .filter(|d| !boot.contains(&d.name))
+        .filter(|d| !d.read_only && !boot.contains(&d.name))
         .map(target_entry)
         .collect())
 }
