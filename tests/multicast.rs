@@ -26,10 +26,14 @@ fn fixture() -> &'static Fixture {
         let raw = root.join("fs.img");
         make_ext4(&raw, 40, &sample_files(&root.join("src"), 16));
         let image = root.join("fs.rimg");
-        let o = reimage(&["imagecreate", "--source", p(&raw), "--image", p(&image)]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        imagecreate(&raw, &image);
         Fixture { raw, image }
     })
+}
+
+fn imagecreate(raw: &Path, image: &Path) {
+    let o = reimage(&["imagecreate", "--source", p(raw), "--image", p(image)]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 fn p(path: &Path) -> &str {
@@ -270,16 +274,29 @@ fn a_client_joining_midway_and_a_client_restarted_both_finish() {
     }
 }
 
+/// A client restoring onto a loop device with `--timeout TIMEOUT`, whose
+/// paced server is killed 1.5 s into the stream; the server's config, to
+/// start another.
+fn client_of_a_killed_server(
+    lan: &Netns,
+    dir: &Path,
+    group: &str,
+    timeout: &str,
+) -> (PathBuf, Child, (PathBuf, Loop)) {
+    let (config, mut server) = paced_server(lan, dir, group, 2_000_000);
+    let (file, target) = random_loop(dir, 48);
+    let c = client(lan, "c1", target.path(), &["--timeout", timeout]);
+    server.await_output("Starting stream", 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    server.kill();
+    (config, c, (file, target))
+}
+
 #[test]
 fn a_dead_server_makes_clients_give_up_after_the_timeout_and_erase() {
     let dir = scratch();
     let lan = Netns::lan("rmc-dead", &HOSTS[..2]);
-    let (_, mut server) = paced_server(&lan, dir.path(), "239.255.42.3", 4_000_000);
-    let (_file, target) = random_loop(dir.path(), 48);
-    let c = client(&lan, "c1", target.path(), &["--timeout", "2"]);
-    server.await_output("Starting stream", 1);
-    std::thread::sleep(Duration::from_millis(1500));
-    server.kill();
+    let (_, c, (_file, target)) = client_of_a_killed_server(&lan, dir.path(), "239.255.42.3", "2");
     let started = Instant::now();
     let o = finish(c);
     assert_fails_with(&o, "no data from mcast://");
@@ -322,9 +339,32 @@ fn a_client_rejoins_a_restarted_server() {
     again.stop();
 }
 
-/// Datagrams injected on the group from another host — random ones with
-/// the protocol's magic, and copies of real datagrams with flipped bits —
-/// never reach the disk: the result is still byte-identical.
+/// A server started in the old one's place with another image is never
+/// rejoined: the client gives up after its timeout, says why, and leaves
+/// the disk erased; that server's log says why the client left.
+#[test]
+fn a_server_restarted_with_another_image_is_not_rejoined() {
+    let dir = scratch();
+    let lan = Netns::lan("rmc-other", &HOSTS[..2]);
+    let other_raw = dir.path().join("other.img");
+    make_ext4(&other_raw, 8, &sample_files(&dir.path().join("src"), 1));
+    let other = dir.path().join("other.rimg");
+    imagecreate(&other_raw, &other);
+    let (config, c, (_file, target)) =
+        client_of_a_killed_server(&lan, dir.path(), "239.255.42.10", "4");
+    let imposter = Server::start(&lan, &other, &config, dir.path().join("other.log"));
+    let o = finish(c);
+    assert_fails_with(&o, "no data from mcast://");
+    assert!(
+        stderr(&o).contains("the server now streams a different image"),
+        "{}",
+        stderr(&o)
+    );
+    assert_empty_gpt(target.path());
+    imposter.await_output("the server now streams a different image", 1);
+    imposter.stop();
+}
+
 #[test]
 fn below_a_datagram_s_mtu_the_server_sends_datagram_by_datagram() {
     let f = fixture();
@@ -357,6 +397,9 @@ fn below_a_datagram_s_mtu_the_server_sends_datagram_by_datagram() {
     server.stop();
 }
 
+/// Datagrams injected on the group from another host — random ones with
+/// the protocol's magic, and copies of real datagrams with flipped bits —
+/// never reach the disk: the result is still byte-identical.
 #[test]
 fn forged_datagrams_are_dropped() {
     let f = fixture();

@@ -284,6 +284,7 @@ impl MulticastSource {
             server: self.server,
             digest: head.digest(),
             stream: (w.group, w.port, self.local),
+            session: w.session,
             rekey: rekey_tx,
         };
         let receiver = ReceiveLoop {
@@ -303,7 +304,7 @@ impl MulticastSource {
         let shared = self.shared.clone();
         std::thread::Builder::new()
             .name("mcast-control".into())
-            .spawn(move || watch_control(&shared, &rejoin))?;
+            .spawn(move || watch_control(&shared, rejoin))?;
         self.decoded = Some(decoded_rx);
         self.refused = Some(refused_tx);
         self.spare = Some(spare_tx);
@@ -798,6 +799,9 @@ fn report_loop(shared: &Shared) {
 
 /// How often a client whose server went away tries to reach it again.
 const REJOIN_EVERY: Duration = Duration::from_secs(1);
+/// How often it asks again a server that answers with another stream: each
+/// ask is a client arriving and leaving in that server's log.
+const RECHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// What a client needs to rejoin its stream after the server restarted.
 struct Rejoin {
@@ -807,31 +811,64 @@ struct Rejoin {
     digest: format::Digest,
     /// Group, port and local address the receiver's socket is joined to.
     stream: (Ipv4Addr, u16, Ipv4Addr),
+    /// The session the receiver takes datagrams of.
+    session: u64,
     rekey: Sender<(Key, u64)>,
+}
+
+/// Why a rejoin did not happen, and when to try again.
+struct NotRejoined {
+    why: String,
+    retry_in: Duration,
 }
 
 impl Rejoin {
     /// Joins the server's current session if it streams the same image to
     /// the same group, handing the receiver the new key.
-    fn attempt(&self, shared: &Shared) -> Result<()> {
-        let s = handshake(&self.spec, self.server)?;
-        if s.head.digest() != self.digest {
-            bail!("the server now streams a different image");
+    fn attempt(&mut self, shared: &Shared) -> Result<(), NotRejoined> {
+        let mut s = handshake(&self.spec, self.server).map_err(|e| NotRejoined {
+            why: format!("{e:#}"),
+            retry_in: REJOIN_EVERY,
+        })?;
+        let wrong = if s.head.digest() != self.digest {
+            Some("the server now streams a different image")
+        } else if (s.welcome.group, s.welcome.port, s.local) != self.stream {
+            Some("the server now streams to a different group or port")
+        } else {
+            None
+        };
+        if let Some(why) = wrong {
+            // Tells that server's log why this client came and went.
+            let done = Msg::Done(wire::Done {
+                ok: false,
+                error: Some(why.into()),
+            });
+            let _ = wire::write_msg(&mut s.conn, &done);
+            return Err(NotRejoined {
+                why: why.into(),
+                retry_in: RECHECK_EVERY,
+            });
         }
-        if (s.welcome.group, s.welcome.port, s.local) != self.stream {
-            bail!("the server now streams to a different group or port");
+        let restarted = s.welcome.session != self.session;
+        if restarted {
+            // The receive loop ends only with the restore, which stops
+            // this thread too.
+            let _ = self.rekey.send((s.key, s.welcome.session));
+            self.session = s.welcome.session;
         }
+        *lock(&shared.control) = Some(s.conn);
+        *lock(&shared.control_lost) = None;
         let held = (shared.held.iter())
             .filter(|h| h.load(Ordering::Relaxed))
             .count();
-        // The receive loop ends only with the restore, which stops this
-        // thread too.
-        let _ = self.rekey.send((s.key, s.welcome.session));
-        *lock(&shared.control) = Some(s.conn);
-        *lock(&shared.control_lost) = None;
         eprintln!(
-            "{}: the server restarted; rejoined its stream holding {held} of {} chunks",
+            "{}: {}; rejoined its stream holding {held} of {} chunks",
             self.spec,
+            if restarted {
+                "the server restarted"
+            } else {
+                "the server dropped this client"
+            },
             shared.held.len()
         );
         Ok(())
@@ -843,7 +880,7 @@ impl Rejoin {
 /// with the same image starts a new session, and the client carries on in
 /// it with every chunk it holds, instead of giving up after `--timeout`
 /// and erasing the target.
-fn watch_control(shared: &Shared, rejoin: &Rejoin) {
+fn watch_control(shared: &Shared, mut rejoin: Rejoin) {
     loop {
         let why = control_ended(shared);
         // Set before the client's last message: the server closing the
@@ -853,14 +890,18 @@ fn watch_control(shared: &Shared, rejoin: &Rejoin) {
         }
         *lock(&shared.control) = None;
         *lock(&shared.control_lost) = Some(why.clone());
+        let mut wait = REJOIN_EVERY;
         loop {
-            std::thread::sleep(REJOIN_EVERY);
+            std::thread::sleep(wait);
             if shared.stop.load(Ordering::Relaxed) {
                 return;
             }
             match rejoin.attempt(shared) {
                 Ok(()) => break,
-                Err(e) => *lock(&shared.control_lost) = Some(format!("{why}; rejoining: {e:#}")),
+                Err(e) => {
+                    *lock(&shared.control_lost) = Some(format!("{why}; rejoining: {}", e.why));
+                    wait = e.retry_in;
+                }
             }
         }
     }
