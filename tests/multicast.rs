@@ -274,29 +274,30 @@ fn a_client_joining_midway_and_a_client_restarted_both_finish() {
     }
 }
 
-/// A client restoring onto a loop device with `--timeout TIMEOUT`, whose
-/// paced server is killed 1.5 s into the stream; the server's config, to
-/// start another.
+/// A client restoring into `target` with `--timeout TIMEOUT`, whose paced
+/// server is killed 1.5 s into the stream; the server's config, to start
+/// another.
 fn client_of_a_killed_server(
     lan: &Netns,
     dir: &Path,
     group: &str,
+    target: &Path,
     timeout: &str,
-) -> (PathBuf, Child, (PathBuf, Loop)) {
+) -> (PathBuf, Child) {
     let (config, mut server) = paced_server(lan, dir, group, 2_000_000);
-    let (file, target) = random_loop(dir, 48);
-    let c = client(lan, "c1", target.path(), &["--timeout", timeout]);
+    let c = client(lan, "c1", target, &["--timeout", timeout]);
     server.await_output("Starting stream", 1);
     std::thread::sleep(Duration::from_millis(1500));
     server.kill();
-    (config, c, (file, target))
+    (config, c)
 }
 
 #[test]
 fn a_dead_server_makes_clients_give_up_after_the_timeout_and_erase() {
     let dir = scratch();
     let lan = Netns::lan("rmc-dead", &HOSTS[..2]);
-    let (_, c, (_file, target)) = client_of_a_killed_server(&lan, dir.path(), "239.255.42.3", "2");
+    let (_file, target) = random_loop(dir.path(), 48);
+    let (_, c) = client_of_a_killed_server(&lan, dir.path(), "239.255.42.3", target.path(), "2");
     let started = Instant::now();
     let o = finish(c);
     assert_fails_with(&o, "no data from mcast://");
@@ -318,12 +319,8 @@ fn a_client_rejoins_a_restarted_server() {
     let f = fixture();
     let dir = scratch();
     let lan = Netns::lan("rmc-again", &HOSTS[..2]);
-    let (config, mut server) = paced_server(&lan, dir.path(), "239.255.42.8", 2_000_000);
     let out = dir.path().join("out.img");
-    let c = client(&lan, "c1", &out, &["--timeout", "30"]);
-    server.await_output("Starting stream", 1);
-    std::thread::sleep(Duration::from_millis(1500));
-    server.kill();
+    let (config, c) = client_of_a_killed_server(&lan, dir.path(), "239.255.42.8", &out, "30");
     std::thread::sleep(Duration::from_millis(1500));
     let again = Server::start(&lan, &f.image, &config, dir.path().join("again.log"));
     let o = finish(c);
@@ -350,8 +347,9 @@ fn a_server_restarted_with_another_image_is_not_rejoined() {
     make_ext4(&other_raw, 8, &sample_files(&dir.path().join("src"), 1));
     let other = dir.path().join("other.rimg");
     imagecreate(&other_raw, &other);
-    let (config, c, (_file, target)) =
-        client_of_a_killed_server(&lan, dir.path(), "239.255.42.10", "4");
+    let (_file, target) = random_loop(dir.path(), 48);
+    let (config, c) =
+        client_of_a_killed_server(&lan, dir.path(), "239.255.42.10", target.path(), "4");
     let imposter = Server::start(&lan, &other, &config, dir.path().join("other.log"));
     let o = finish(c);
     assert_fails_with(&o, "no data from mcast://");

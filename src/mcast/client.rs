@@ -64,6 +64,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Chunk `i` failed its digest check after decoding: the receiver
+    /// collects it again (it drops symbols of held chunks only).
+    fn forget(&self, i: usize) {
+        self.held[i].store(false, Ordering::Relaxed);
+    }
+
     fn missing(&self) -> Vec<(u32, u32)> {
         let mut ranges: Vec<(u32, u32)> = Vec::new();
         for (i, h) in self.held.iter().enumerate() {
@@ -97,8 +103,6 @@ pub struct MulticastSource {
     timeout: Option<Duration>,
     /// Decoded payloads from the receiver, not yet checked.
     decoded: Option<Receiver<(usize, Vec<u8>)>>,
-    /// Chunks whose decoded payload failed the digest check: collect again.
-    refused: Option<Sender<usize>>,
     /// Payload buffers done with, back to the receiver for new chunks.
     spare: Option<Sender<Vec<u8>>>,
     remaining: usize,
@@ -210,7 +214,6 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn ChunkSource>> {
         shared,
         timeout: opts.timeout,
         decoded: None,
-        refused: None,
         spare: None,
         remaining: n,
         dctx: zstd::bulk::Decompressor::new()?,
@@ -271,7 +274,6 @@ impl MulticastSource {
         let socket = join(w.group, w.port, self.local)
             .with_context(|| format!("joining {}:{} on {}", w.group, w.port, self.local))?;
         let (decoded_tx, decoded_rx) = bounded(4);
-        let (refused_tx, refused_rx) = unbounded();
         let (spare_tx, spare_rx) = bounded(SPARE_BUFFERS);
         let (rekey_tx, rekey_rx) = unbounded();
         let head = self
@@ -291,7 +293,6 @@ impl MulticastSource {
             socket,
             assembler: Assembler::new(self.key, w.session, head, self.shared.clone(), spare_rx),
             decoded: decoded_tx,
-            refused: refused_rx,
             rekey: rekey_rx,
         };
         std::thread::Builder::new()
@@ -306,7 +307,6 @@ impl MulticastSource {
             .name("mcast-control".into())
             .spawn(move || watch_control(&shared, rejoin))?;
         self.decoded = Some(decoded_rx);
-        self.refused = Some(refused_tx);
         self.spare = Some(spare_tx);
         Ok(())
     }
@@ -325,10 +325,7 @@ impl MulticastSource {
         }
         self.done_sent = true;
         self.shared.stop.store(true, Ordering::Relaxed);
-        let done = Msg::Done(wire::Done {
-            ok: error.is_none(),
-            error,
-        });
+        let done = Msg::Done(wire::Done::after(error));
         let _ = self.shared.send(&done);
     }
 }
@@ -423,9 +420,7 @@ impl ChunkSource for MulticastSource {
                         "{}: chunk {i} refused ({err:#}); collecting it again",
                         self.spec
                     );
-                    if let Some(r) = &self.refused {
-                        let _ = r.send(i);
-                    }
+                    self.shared.forget(i);
                 }
             }
         }
@@ -551,7 +546,6 @@ struct ReceiveLoop {
     socket: UdpSocket,
     assembler: Assembler,
     decoded: Sender<(usize, Vec<u8>)>,
-    refused: Receiver<usize>,
     /// A restarted server's session key and id, once the client rejoined.
     rekey: Receiver<(Key, u64)>,
 }
@@ -577,9 +571,6 @@ impl ReceiveLoop {
         let mut bufs = vec![0u8; SLOT * RECV_BATCH];
         let mut slots = [Received::default(); RECV_BATCH];
         while !shared.stop.load(Ordering::Relaxed) {
-            while let Ok(i) = self.refused.try_recv() {
-                self.assembler.forget(i);
-            }
             while let Ok((key, session)) = self.rekey.try_recv() {
                 self.assembler.rejoin(&key, session);
             }
@@ -709,11 +700,6 @@ impl Assembler {
         self.first_pass = None;
     }
 
-    /// Chunk `i` failed its digest check after decoding: collect it again.
-    fn forget(&mut self, i: usize) {
-        self.shared.held[i].store(false, Ordering::Relaxed);
-    }
-
     /// Takes one datagram; returns a chunk's payload when it completes one.
     fn take(&mut self, datagram: &mut [u8]) -> Option<(usize, Vec<u8>)> {
         let (h, symbol) =
@@ -839,10 +825,7 @@ impl Rejoin {
         };
         if let Some(why) = wrong {
             // Tells that server's log why this client came and went.
-            let done = Msg::Done(wire::Done {
-                ok: false,
-                error: Some(why.into()),
-            });
+            let done = Msg::Done(wire::Done::after(Some(why.into())));
             let _ = wire::write_msg(&mut s.conn, &done);
             return Err(NotRejoined {
                 why: why.into(),
@@ -1178,7 +1161,7 @@ mod tests {
         // Held chunks ignore further symbols until the digest check says no.
         let again = datagrams(0, &payloads[0], 3, &mut seq);
         assert!(again.iter().all(|d| a.take(&mut d.clone()).is_none()));
-        a.forget(0);
+        a.shared.forget(0);
         assert_eq!(a.shared.missing(), [(0, 1)]);
         let again = datagrams(0, &payloads[0], 0, &mut seq);
         assert_eq!(

@@ -196,6 +196,16 @@ pub struct Done {
     pub error: Option<String>,
 }
 
+impl Done {
+    /// The last word of a client that failed with `error`, or succeeded.
+    pub fn after(error: Option<String>) -> Done {
+        Done {
+            ok: error.is_none(),
+            error,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Msg {
     Hello(Hello),
