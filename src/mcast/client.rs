@@ -505,7 +505,12 @@ impl Collector {
 
     /// Takes symbol `esi`; returns the padded payload once it is complete
     /// (and ignores symbols after that).
-    fn add(&mut self, esi: u32, symbol: &[u8]) -> Option<Vec<u8>> {
+    fn add(
+        &mut self,
+        esi: u32,
+        symbol: &[u8],
+        coefficients: &mut fec::Coefficients,
+    ) -> Option<Vec<u8>> {
         let size = SYMBOL_SIZE as usize;
         if self.data.is_empty() {
             return None;
@@ -529,7 +534,8 @@ impl Collector {
         if have < self.try_at {
             return None;
         }
-        if fec::decode(self.k, &mut self.data, &self.have, &self.repairs) {
+        let (k, repairs) = (self.k, &self.repairs);
+        if fec::decode(k, &mut self.data, &self.have, repairs, coefficients) {
             return Some(std::mem::take(&mut self.data));
         }
         // Rank-deficient: a couple more symbols almost always do it.
@@ -652,6 +658,7 @@ struct Assembler {
     head: ImageHead,
     shared: Arc<Shared>,
     collectors: HashMap<usize, Collector>,
+    coefficients: fec::Coefficients,
     /// Bytes reserved by `collectors` (one padded payload each).
     collected: usize,
     first_seq: Option<u64>,
@@ -678,6 +685,7 @@ impl Assembler {
             head,
             shared,
             collectors: HashMap::new(),
+            coefficients: fec::Coefficients::default(),
             collected: 0,
             first_seq: None,
             first_pass: None,
@@ -738,7 +746,7 @@ impl Assembler {
             self.collectors.insert(i, c);
         }
         let c = self.collectors.get_mut(&i).expect("inserted above");
-        let mut data = c.add(h.esi, symbol)?;
+        let mut data = c.add(h.esi, symbol, &mut self.coefficients)?;
         self.collectors.remove(&i);
         self.collected -= padded;
         data.truncate(e.payload_len as usize);
@@ -923,16 +931,17 @@ mod tests {
     #[test]
     fn every_source_symbol_completes_a_chunk() {
         let (data, enc) = block(40);
+        let mut cf = fec::Coefficients::default();
         let mut c = Collector::new(40, 40, Vec::new());
         let packets = enc.source_packets();
         let (last, rest) = packets.split_last().unwrap();
         for p in rest.iter().rev().chain(&rest[..3]) {
             assert!(
-                c.add(p.payload_id().encoding_symbol_id(), p.data())
+                c.add(p.payload_id().encoding_symbol_id(), p.data(), &mut cf)
                     .is_none()
             );
         }
-        let got = c.add(last.payload_id().encoding_symbol_id(), last.data());
+        let got = c.add(last.payload_id().encoding_symbol_id(), last.data(), &mut cf);
         assert_eq!(got.as_deref(), Some(&data[..]));
     }
 
@@ -941,11 +950,12 @@ mod tests {
     #[test]
     fn padding_symbols_are_never_waited_for() {
         let payload: Vec<u8> = (0..40 * 1408).map(|i| (i % 249) as u8).collect();
+        let mut cf = fec::Coefficients::default();
         let mut c = Collector::new(64, 40, Vec::new());
-        assert!(c.add(50, &[7; 1408]).is_none());
+        assert!(c.add(50, &[7; 1408], &mut cf).is_none());
         let mut got = None;
         for (esi, symbol) in payload.chunks(1408).enumerate() {
-            got = c.add(esi as u32, symbol);
+            got = c.add(esi as u32, symbol, &mut cf);
         }
         let got = got.expect("complete after the 40 source symbols");
         assert_eq!(&got[..payload.len()], &payload[..]);
@@ -955,6 +965,7 @@ mod tests {
     #[test]
     fn lost_source_symbols_are_made_up_by_repair_symbols() {
         let (data, enc) = block(40);
+        let mut cf = fec::Coefficients::default();
         let mut c = Collector::new(40, 40, Vec::new());
         for p in enc
             .source_packets()
@@ -962,13 +973,13 @@ mod tests {
             .filter(|p| p.payload_id().encoding_symbol_id() % 10 != 3)
         {
             assert!(
-                c.add(p.payload_id().encoding_symbol_id(), p.data())
+                c.add(p.payload_id().encoding_symbol_id(), p.data(), &mut cf)
                     .is_none()
             );
         }
         let mut got = None;
         for p in enc.repair_packets(0, 10) {
-            got = got.or(c.add(p.payload_id().encoding_symbol_id(), p.data()));
+            got = got.or(c.add(p.payload_id().encoding_symbol_id(), p.data(), &mut cf));
         }
         assert_eq!(got.as_deref(), Some(&data[..]));
     }

@@ -5,6 +5,8 @@
 //! multiple of [`BLOCK_GRANULE`]: the padding symbols are zero on both
 //! ends and never sent.
 
+use std::collections::HashMap;
+
 use raptorq::{
     EncodingPacket, ObjectTransmissionInformation, Octet, PayloadId, SourceBlockDecoder,
     SourceBlockEncoder, Symbol,
@@ -84,13 +86,20 @@ impl Repairs {
 /// lost ones zero, `have` says which arrived. Returns false when the
 /// symbols at hand do not determine the block yet (a couple more almost
 /// always do).
-pub(super) fn decode(k: u32, data: &mut [u8], have: &[bool], repairs: &Repairs) -> bool {
+pub(super) fn decode(
+    k: u32,
+    data: &mut [u8],
+    have: &[bool],
+    repairs: &Repairs,
+    coefficients: &mut Coefficients,
+) -> bool {
     let missing: Vec<u32> = (0..k).filter(|&i| !have[i as usize]).collect();
     if missing.len() > repairs.len() {
         return false;
     }
     if missing.len() * ERASURE_SOLVE_LIMIT <= k as usize {
-        return solve_erasures(k, data, &missing, repairs);
+        let rows = coefficients.for_block(k, &missing);
+        return solve_erasures(k, data, &missing, repairs, &rows);
     }
     let size = SYMBOL_SIZE as usize;
     let mut packets: Vec<EncodingPacket> = (0..k)
@@ -116,45 +125,128 @@ pub(super) fn decode(k: u32, data: &mut [u8], have: &[bool], repairs: &Repairs) 
 }
 
 /// Up to one lost source symbol in this many, [`solve_erasures`] beats a
-/// general RaptorQ decode by far (1 MiB blocks, 5 % lost: 2.4 against 4.8
-/// s/GiB of CPU); its elimination grows as m², and at 10 % lost the two
-/// were already within 10 % of each other, so past this the general
-/// decoder takes over.
-const ERASURE_SOLVE_LIMIT: usize = 8;
+/// general RaptorQ decode (1 MiB blocks, K = 768, timed in a release
+/// build: 5 % lost 0.9–1.4 ms against 2.0–2.2, 10 % 1.2–2.2 against
+/// 1.9–3.6, 15 % 1.6–2.6 against 2.1–3.7, 20 % even); its elimination
+/// grows as m², so past this the general decoder takes over.
+const ERASURE_SOLVE_LIMIT: usize = 6;
+
+/// Repair symbol `esi` of a block of `k` from its encoder.
+fn repair_symbol(enc: &SourceBlockEncoder, k: u32, esi: u32) -> Vec<u8> {
+    let packet = enc.repair_packets(esi - k, 1).pop();
+    packet.expect("one repair symbol asked for").split().1
+}
+
+/// Largest block whose identity encoder [`Coefficients`] keeps: one holds
+/// about 2·K² bytes (2 MiB at this K, chunks up to 1.4 MB). Larger blocks
+/// get their coefficients from an encode of m-byte symbols per chunk.
+const IDENTITY_MAX_K: u32 = 1024;
+/// Bytes of identity encoders kept at once. The block sizes of an image
+/// of 1 MiB chunks (K = 32, 64, … 768) take 10 MiB in all.
+const IDENTITY_BUDGET: usize = 16 << 20;
+
+/// Where the erasure solve gets c(e, i), the coefficient of source symbol
+/// i in repair symbol e. Encoding the K × K identity block (source symbol
+/// i the i-th unit vector of K bytes) makes repair symbol e the row
+/// c(e, 0 … K) itself; that encode costs about as much as one chunk's
+/// (0.8 ms at K = 768) and is done once per K, where an encode of m-byte
+/// unit symbols per chunk costs 0.5 ms every time (the encoder's work per
+/// symbol operation hardly shrinks with the symbol).
+#[derive(Default)]
+pub(super) struct Coefficients {
+    identities: HashMap<u32, SourceBlockEncoder>,
+    bytes: usize,
+}
+
+impl Coefficients {
+    /// The coefficients on the `missing` source symbols of a block of `k`.
+    fn for_block(&mut self, k: u32, missing: &[u32]) -> CoefficientRows<'_> {
+        if k > IDENTITY_MAX_K {
+            return CoefficientRows::Units(unit_encoder(k, missing));
+        }
+        let size = 2 * (k as usize).pow(2);
+        if !self.identities.contains_key(&k) && self.bytes + size > IDENTITY_BUDGET {
+            self.identities.clear();
+            self.bytes = 0;
+        }
+        let enc = self.identities.entry(k).or_insert_with(|| {
+            self.bytes += size;
+            identity_encoder(k)
+        });
+        CoefficientRows::Identity(enc)
+    }
+}
+
+/// The encoder of the K × K identity block.
+fn identity_encoder(k: u32) -> SourceBlockEncoder {
+    let n = k as usize;
+    let mut identity = vec![0; n * n];
+    for i in 0..n {
+        identity[i * n + i] = 1;
+    }
+    SourceBlockEncoder::new(0, &config(k, k as u16), &identity)
+}
+
+/// The encoder of a block of m-byte symbols where lost symbol j is the
+/// j-th unit vector and every other symbol zero: its repair symbol e is
+/// c(e, missing_0 … missing_m).
+fn unit_encoder(k: u32, missing: &[u32]) -> SourceBlockEncoder {
+    let m = missing.len();
+    let mut unit = vec![0; k as usize * m];
+    for (j, &i) in missing.iter().enumerate() {
+        unit[i as usize * m + j] = 1;
+    }
+    SourceBlockEncoder::new(0, &config(k, m as u16), &unit)
+}
+
+enum CoefficientRows<'a> {
+    Identity(&'a SourceBlockEncoder),
+    Units(SourceBlockEncoder),
+}
+
+impl CoefficientRows<'_> {
+    /// c(esi, missing_j) for each j.
+    fn row(&self, k: u32, esi: u32, missing: &[u32]) -> Vec<u8> {
+        match self {
+            CoefficientRows::Identity(enc) => {
+                let all = repair_symbol(enc, k, esi);
+                missing.iter().map(|&i| all[i as usize]).collect()
+            }
+            CoefficientRows::Units(enc) => repair_symbol(enc, k, esi),
+        }
+    }
+}
 
 /// Solves for the `m` lost source symbols alone. The code is linear over
 /// GF(256), byte by byte: a repair symbol is `Σ c(e,i)·source_i` with the
 /// same coefficients at every byte. So (1) encoding the block with the lost
 /// symbols zero gives each repair symbol's part from the symbols we have,
-/// which leaves `r_e - known_e = Σ_j c(e, lost_j)·x_j`; (2) encoding a block
-/// of m-byte symbols, lost symbol j being the j-th unit vector, gives the
-/// coefficients c(e, lost_j); (3) Gaussian elimination over m independent
-/// repair symbols yields the x_j. That is two encodes (whose operation
+/// which leaves `r_e - known_e = Σ_j c(e, lost_j)·x_j`; (2) `coefficients`
+/// gives the c(e, lost_j); (3) Gaussian elimination over m independent
+/// repair symbols yields the x_j. That is one encode (whose operation
 /// schedule the raptorq crate caches per K) and about m² symbol operations,
 /// where a general decode solves for all K + S + H intermediate symbols of
 /// a fresh constraint matrix.
-fn solve_erasures(k: u32, data: &mut [u8], missing: &[u32], repairs: &Repairs) -> bool {
+fn solve_erasures(
+    k: u32,
+    data: &mut [u8],
+    missing: &[u32],
+    repairs: &Repairs,
+    coefficients: &CoefficientRows,
+) -> bool {
     let m = missing.len();
     if m == 0 {
         return true;
     }
     let size = SYMBOL_SIZE as usize;
-    let mut unit = vec![0; k as usize * m];
-    for (j, &i) in missing.iter().enumerate() {
-        unit[i as usize * m + j] = 1;
-    }
-    let coefficients = SourceBlockEncoder::new(0, &config(k, m as u16), &unit);
     let known = SourceBlockEncoder::new(0, &block_config(k), data);
-    let repair = |enc: &SourceBlockEncoder, esi: u32| {
-        let packet = enc.repair_packets(esi - k, 1).pop();
-        packet.expect("one repair symbol asked for").split().1
-    };
     // Rows [c(e, lost_0..m) | r_e - known_e], reduced as they come so that
     // each new row is zero at the earlier rows' pivots.
     let mut rows: Vec<(usize, Symbol)> = Vec::with_capacity(m);
     for (esi, received) in repairs.iter() {
-        let mut row = repair(&coefficients, esi);
-        row.extend(repair(&known, esi).iter().zip(received).map(|(a, b)| a ^ b));
+        let mut row = coefficients.row(k, esi, missing);
+        let known = repair_symbol(&known, k, esi);
+        row.extend(known.iter().zip(received).map(|(a, b)| a ^ b));
         let mut row = Symbol::new(row);
         for (pivot, earlier) in &rows {
             let f = row.as_bytes()[*pivot];
@@ -306,7 +398,7 @@ mod tests {
                 repairs.push(esi, p.data());
             }
         }
-        decode(k, &mut got, &have, &repairs).then(|| {
+        decode(k, &mut got, &have, &repairs, &mut Coefficients::default()).then(|| {
             assert_eq!(got, data, "decoded but wrong");
             got
         })
@@ -314,10 +406,11 @@ mod tests {
 
     /// Few losses take the erasure solve, many the full decode; both give
     /// back the block, whatever the loss pattern and whichever repair
-    /// symbols made it.
+    /// symbols made it. A block above `IDENTITY_MAX_K` takes the erasure
+    /// solve's other source of coefficients.
     #[test]
     fn lost_symbols_come_back_on_either_path() {
-        for k in [8, 9, 57, 745] {
+        for k in [8, 9, 57, 745, IDENTITY_MAX_K + 1] {
             for rate in [1, 3, 5, 11, 12, 30, 100] {
                 let lost = |i: u32| (i.wrapping_mul(2_654_435_761) >> 7) % 100 < rate;
                 let m = (0..k).filter(|&i| lost(i)).count();
@@ -346,12 +439,40 @@ mod tests {
             repairs.push(p.payload_id().encoding_symbol_id(), p.data());
         }
         // 38 lost, 36 repair symbols.
-        assert!(!decode(745, &mut data, &have, &repairs));
-        assert!(!solve_erasures(
-            745,
-            &mut data,
-            &(0..745).filter(|&i| lost(i)).collect::<Vec<_>>(),
-            &repairs
-        ));
+        let mut coefficients = Coefficients::default();
+        assert!(!decode(745, &mut data, &have, &repairs, &mut coefficients));
+        let missing: Vec<u32> = (0..745).filter(|&i| lost(i)).collect();
+        let rows = coefficients.for_block(745, &missing);
+        assert!(!solve_erasures(745, &mut data, &missing, &repairs, &rows));
+    }
+
+    /// Both sources of coefficients agree, for any lost symbols and any
+    /// repair symbol, and the identity encoders kept stay within budget.
+    #[test]
+    fn identity_rows_are_the_unit_encoders_coefficients() {
+        let mut coefficients = Coefficients::default();
+        for k in [8, 100, 745] {
+            let missing: Vec<u32> = (0..k).filter(|i| i % 9 == 4 || *i == k - 1).collect();
+            let units = CoefficientRows::Units(unit_encoder(k, &missing));
+            let identity = coefficients.for_block(k, &missing);
+            assert!(matches!(identity, CoefficientRows::Identity(_)));
+            for esi in [k, k + 1, k + 37, 3 * k] {
+                let row = units.row(k, esi, &missing);
+                assert_eq!(row.len(), missing.len());
+                assert!(row.iter().any(|&c| c != 0), "k {k}, esi {esi}");
+                assert_eq!(identity.row(k, esi, &missing), row, "k {k}, esi {esi}");
+            }
+        }
+        assert!(coefficients.bytes <= IDENTITY_BUDGET);
+        for k in (32..=IDENTITY_MAX_K).step_by(32) {
+            coefficients.for_block(k, &[0]);
+            assert!(
+                coefficients.bytes <= IDENTITY_BUDGET,
+                "{}",
+                coefficients.bytes
+            );
+        }
+        let above = coefficients.for_block(IDENTITY_MAX_K + 1, &[0]);
+        assert!(matches!(above, CoefficientRows::Units(_)));
     }
 }
