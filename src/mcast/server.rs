@@ -48,11 +48,28 @@ struct Peer {
     overflows: u64,
     /// Its socket overflowed since the rate was last adjusted.
     behind: bool,
+    /// The highest rate it has shown it can take (bytes/s); infinite until
+    /// it first overflows. See [`next_rate`].
+    ceiling: f64,
     /// The latest report's totals, for the log.
     totals: (u64, u64),
 }
 
 impl Peer {
+    fn new(name: String) -> Peer {
+        Peer {
+            name,
+            missing: None,
+            loss: 0.0,
+            received: 0,
+            expected: 0,
+            overflows: 0,
+            behind: false,
+            ceiling: f64::INFINITY,
+            totals: (0, 0),
+        }
+    }
+
     fn needs(&self, chunk: u32) -> bool {
         let Some(missing) = &self.missing else {
             return true;
@@ -365,32 +382,68 @@ impl Sender {
         self.out.flush()
     }
 
-    /// Slows down when a client's socket overflowed, speeds back up to the
-    /// configured rate when none did for a while.
+    /// Sets the rate from the clients' overflows, every half second.
     fn adjust_rate(&mut self, shared: &Shared) {
         if self.last_adjust.elapsed() < Duration::from_millis(500) {
             return;
         }
         self.last_adjust = Instant::now();
         let mut st = shared.lock();
-        let behind = st.peers.values_mut().fold(false, |any, p| {
-            let b = p.behind;
-            p.behind = false;
-            any || b
-        });
         let rate = &mut self.out.pacer.rate;
-        *rate = if behind {
-            (*rate * 0.75).max(64e3)
-        } else {
-            (*rate * 1.05).min(self.max_rate)
-        };
-        if behind {
+        let (next, slow) = next_rate(*rate, self.max_rate, st.peers.values_mut());
+        if !slow.is_empty() {
             eprintln!(
-                "A client is falling behind; rate lowered to {}/s",
-                crate::util::human_size(*rate as u64)
+                "Falling behind: {}; rate lowered to {}/s",
+                slow.join(", "),
+                crate::util::human_size(next as u64)
+            );
+        } else if next > *rate * RATE_CLIMB * 1.01 {
+            eprintln!(
+                "The slowest client left; rate back up to {}/s",
+                crate::util::human_size(next as u64)
             );
         }
+        *rate = next;
     }
+}
+
+/// A client that overflowed gets a ceiling this far below the rate it
+/// overflowed at; one that took the stream at its ceiling gets this much
+/// more at the next adjustment.
+const RATE_CUT: f64 = 0.75;
+const RATE_CLIMB: f64 = 1.05;
+/// The rate never falls below this (bytes/s).
+const MIN_RATE: f64 = 64e3;
+
+/// The stream's next rate, from its current `rate`, the configured `max`
+/// and the clients. Each client has a ceiling, the highest rate it has
+/// shown it can take: an overflow sets it a quarter below the rate the
+/// client overflowed at; a client that took the stream at its ceiling
+/// without overflowing earns 5 % more; a client whose ceiling is above
+/// the stream's rate was not tested and keeps it. The stream runs at the
+/// lowest ceiling. So while the slowest client is there it sets the pace
+/// as a single group-wide rate would, but when it leaves (done, or gone)
+/// the rest get at once the rate they have shown they take, instead of a
+/// climb of 5 % per half second from where the slowest left it (a client
+/// that joined late, finishing alone, got 10–15 % of its time that way).
+/// Also returns the names of the clients that overflowed.
+fn next_rate<'a>(
+    rate: f64,
+    max: f64,
+    peers: impl Iterator<Item = &'a mut Peer>,
+) -> (f64, Vec<String>) {
+    let mut slow = Vec::new();
+    let mut next = max;
+    for p in peers {
+        if std::mem::take(&mut p.behind) {
+            p.ceiling = (rate * RATE_CUT).max(MIN_RATE);
+            slow.push(p.name.clone());
+        } else if p.ceiling <= rate {
+            p.ceiling = (p.ceiling * RATE_CLIMB).min(max);
+        }
+        next = next.min(p.ceiling);
+    }
+    (next, slow)
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -650,19 +703,7 @@ fn serve_client(
         let mut st = shared.lock();
         st.next_id += 1;
         let id = st.next_id;
-        st.peers.insert(
-            id,
-            Peer {
-                name: who.clone(),
-                missing: None,
-                loss: 0.0,
-                received: 0,
-                expected: 0,
-                overflows: 0,
-                behind: false,
-                totals: (0, 0),
-            },
-        );
+        st.peers.insert(id, Peer::new(who.clone()));
         id
     };
     shared.arrived.notify_all();
@@ -710,14 +751,8 @@ mod tests {
 
     fn peer(missing: Option<Vec<(u32, u32)>>) -> Peer {
         Peer {
-            name: "t".into(),
             missing,
-            loss: 0.0,
-            received: 0,
-            expected: 0,
-            overflows: 0,
-            behind: false,
-            totals: (0, 0),
+            ..Peer::new("t".into())
         }
     }
 
@@ -799,6 +834,51 @@ mod tests {
         // Too few datagrams to judge: no change.
         p.update(report(2010, 3010));
         assert!((p.loss - 0.9).abs() < 1e-9);
+    }
+
+    /// One step of the rate controller (configured rate 100 MB/s, rates
+    /// here in MB/s) with clients named by index; `behind` says which
+    /// overflowed since the last step.
+    fn step(rate: f64, peers: &mut [Peer], behind: &[usize]) -> (f64, Vec<String>) {
+        for &i in behind {
+            peers[i].behind = true;
+        }
+        let (next, slow) = next_rate(rate * 1e6, 100e6, peers.iter_mut());
+        (next / 1e6, slow)
+    }
+
+    #[test]
+    fn the_slowest_client_sets_the_rate_until_it_leaves() {
+        let mut peers: Vec<Peer> = (0..3).map(|i| Peer::new(format!("c{i}"))).collect();
+        // Nobody overflowed: the configured rate.
+        assert_eq!(step(100.0, &mut peers, &[]).0, 100.0);
+        // c0 overflows at 100, then c1 at 75: each is cut a quarter below
+        // the rate it overflowed at, and the stream follows the lowest.
+        let (rate, slow) = step(100.0, &mut peers, &[0]);
+        assert_eq!((rate, slow.as_slice()), (75.0, &["c0".to_string()][..]));
+        let (mut rate, slow) = step(rate, &mut peers, &[1]);
+        assert_eq!((rate, slow.as_slice()), (56.25, &["c1".to_string()][..]));
+        // c0 took 75 without overflowing meanwhile: 5 % more, 78.75. c1
+        // is tested at its ceiling and climbs 5 % a step; c0's ceiling is
+        // above the rate, untested, and stays.
+        for _ in 0..3 {
+            let before = rate;
+            rate = step(rate, &mut peers, &[]).0;
+            assert!((rate - before * 1.05).abs() < 1e-9, "{before} -> {rate}");
+        }
+        assert_eq!(peers[0].ceiling, 78.75e6);
+        assert_eq!(peers[2].ceiling, f64::INFINITY);
+        // c1 leaves: c0's ceiling at once, not a climb from 65.
+        peers.remove(1);
+        let mut rate = step(rate, &mut peers, &[]).0;
+        assert_eq!(rate, 78.75);
+        // c0 takes it and earns more, up to the configured rate.
+        for _ in 0..20 {
+            rate = step(rate, &mut peers, &[]).0;
+        }
+        assert_eq!(rate, 100.0);
+        // An overflow far down is floored.
+        assert_eq!(step(0.01, &mut peers, &[0]).0 * 1e6, MIN_RATE);
     }
 
     #[test]
