@@ -534,8 +534,13 @@ impl Collector {
         if have < self.try_at {
             return None;
         }
-        let (k, repairs) = (self.k, &self.repairs);
-        if fec::decode(k, &mut self.data, &self.have, repairs, coefficients) {
+        if fec::decode(
+            self.k,
+            &mut self.data,
+            &self.have,
+            &self.repairs,
+            coefficients,
+        ) {
             return Some(std::mem::take(&mut self.data));
         }
         // Rank-deficient: a couple more symbols almost always do it.

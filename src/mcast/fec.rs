@@ -239,13 +239,13 @@ fn solve_erasures(
         return true;
     }
     let size = SYMBOL_SIZE as usize;
-    let known = SourceBlockEncoder::new(0, &block_config(k), data);
+    let known_enc = SourceBlockEncoder::new(0, &block_config(k), data);
     // Rows [c(e, lost_0..m) | r_e - known_e], reduced as they come so that
     // each new row is zero at the earlier rows' pivots.
     let mut rows: Vec<(usize, Symbol)> = Vec::with_capacity(m);
     for (esi, received) in repairs.iter() {
         let mut row = coefficients.row(k, esi, missing);
-        let known = repair_symbol(&known, k, esi);
+        let known = repair_symbol(&known_enc, k, esi);
         row.extend(known.iter().zip(received).map(|(a, b)| a ^ b));
         let mut row = Symbol::new(row);
         for (pivot, earlier) in &rows {
